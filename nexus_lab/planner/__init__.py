@@ -1,0 +1,29 @@
+"""The control plane: sessions and queries in, GPU placements with batch sizes and duty cycles out.
+
+Pure and deterministic: no Dask, no I/O beyond what the workload loader reads.
+"""
+
+from .api import demands, plan_workload, policies, query_budgets, stage_session, validate
+from .plan import Allocation, GpuPlan, Plan, PlannedSession, QueryPlan, StageBudget, Unserved
+from .squishy import Demand, lower_bound, squishy_pack
+from .validate import PlanInvalid
+
+__all__ = [
+    "Allocation",
+    "Demand",
+    "GpuPlan",
+    "Plan",
+    "PlanInvalid",
+    "PlannedSession",
+    "QueryPlan",
+    "StageBudget",
+    "Unserved",
+    "demands",
+    "lower_bound",
+    "plan_workload",
+    "policies",
+    "query_budgets",
+    "squishy_pack",
+    "stage_session",
+    "validate",
+]

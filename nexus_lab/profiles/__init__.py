@@ -1,0 +1,18 @@
+"""Batch-latency profiles: the measured cost model every planner, simulator and simulated GPU reads.
+
+Pure: no torch import at module load (the profiler imports it lazily), no Dask.
+"""
+
+from .profile import DEFAULT_NET_MS, DEFAULT_SAFETY, ModelProfile, ProfileError
+from .registry import builtin_profiles, load_profile, profile_set, profile_sets
+
+__all__ = [
+    "DEFAULT_NET_MS",
+    "DEFAULT_SAFETY",
+    "ModelProfile",
+    "ProfileError",
+    "builtin_profiles",
+    "load_profile",
+    "profile_set",
+    "profile_sets",
+]
