@@ -1,0 +1,47 @@
+"""Benchmarks as importable modules: each ``nexus_lab.bench.<name>`` has ``run(quick=False) -> dict``.
+
+``benchmarks/<name>.py`` and ``nexus-lab bench NAME`` both call ``run_benchmark``; each prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# CLI name -> module under nexus_lab.bench
+BENCHMARKS = {
+    "planner": "planner",
+    "sim": "sim",
+    "paper": "paper",
+    "query": "query",
+    "dispatch": "dispatch",
+    "cpu-model": "cpu_model",
+    "peers": "peers",
+    "sim-to-real": "sim_to_real",
+    "replan": "replan",
+    "dashboard": "dashboard",
+    "panel": "panel",
+}
+
+
+def run_benchmark(name: str, quick: bool = False) -> dict[str, Any]:
+    if name not in BENCHMARKS:
+        raise ValueError(f"benchmark: must be one of {sorted(BENCHMARKS)}, got {name!r}")
+    try:
+        module = importlib.import_module(f"nexus_lab.bench.{BENCHMARKS[name]}")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"nexus_lab.bench.{BENCHMARKS[name]}":
+            raise ValueError(f"benchmark {name!r} is not available in this build") from None
+        raise
+    return module.run(quick=quick)
+
+
+def main_for(name: str) -> None:
+    """Entry point of ``benchmarks/<name>.py``: run it and print its JSON object."""
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(description=f"nexus_lab benchmark {name!r}")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(run_benchmark(name, quick=args.quick), indent=2))
