@@ -1,0 +1,67 @@
+"""The nexus-lab command: plan output, the JSON contract, and exit code 2 with a named field on bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nexus_lab.cli import main
+
+WORKLOAD = """
+sessions:
+  - {model: vgg16, slo_ms: 100, rate: 350}
+  - {model: vgg_s, slo_ms: 50, rate: 900}
+  - {model: yolo9000, slo_ms: 60, rate: 5}
+"""
+
+
+@pytest.fixture
+def workload(tmp_path):
+    path = tmp_path / "w.yaml"
+    path.write_text(WORKLOAD)
+    return path
+
+
+def test_plan_json_is_the_contract(workload, capsys):
+    assert main(["plan", str(workload), "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert {"gpus", "sessions", "num_gpus", "lower_bound_gpus"} <= set(plan)
+    for g in plan["gpus"]:
+        assert {"id", "duty_cycle_ms", "occupancy", "memory_mb", "allocations"} <= set(g)
+        for a in g["allocations"]:
+            assert set(a) >= {"session", "model", "slo_ms", "batch", "rate"}
+    assert plan["num_gpus"] == len(plan["gpus"]) >= 1
+    # yolo9000 at 60 ms cannot be served: its pre/post-processing alone exceed the SLO.
+    assert [u["session"] for u in plan["unserved"]] == ["yolo9000:60"]
+
+
+def test_plan_with_fixed_cluster_scales_rates(workload, capsys):
+    assert main(["plan", str(workload), "--gpus", "1", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["num_gpus"] == 1
+    assert 0 < plan["rate_fraction"] < 1
+
+
+def test_plan_text_report(workload, capsys):
+    assert main(["plan", str(workload)]) == 0
+    out = capsys.readouterr().out
+    assert "lower bound" in out and "UNSERVED yolo9000:60" in out
+
+
+def test_bad_workload_exits_2_naming_the_field(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sessions:\n  - {model: vgg16, slo_ms: 50, rate: 1}\n  - {model: vgg16, slo_ms: 50, rate: 2}\n"
+                   "  - {model: vgg_s, slo_ms: 50, rate: 2}\n  - {model: vgg_s, slo_ms: -1, rate: 2}\n")
+    proc = subprocess.run([sys.executable, "-m", "nexus_lab.cli", "plan", str(bad)], capture_output=True,
+                          text=True)
+    assert proc.returncode == 2
+    assert "sessions[1].name: duplicate" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_gpus_argument_exits_2(workload):
+    proc = subprocess.run([sys.executable, "-m", "nexus_lab.cli", "plan", str(workload), "--gpus", "0"],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "--gpus" in proc.stderr and ">= 1" in proc.stderr
