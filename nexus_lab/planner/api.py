@@ -1,14 +1,17 @@
 """The planner's front door: a workload in, a validated ``Plan`` out, for any policy.
 
-Turns sessions and query stages into demands, runs the chosen packer, and, for a fixed cluster, finds the largest
-common fraction of every rate that fits. Pure and deterministic.
+Turns sessions and query stages (their SLO split by ``query.py``) into demands, folds prefix groups into composite
+demands (``prefix.py``), runs the chosen packer, and, for a fixed cluster, finds the largest common fraction of
+every rate that fits; ``validate`` re-checks any plan from the workload alone. Pure and deterministic.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
+from ..profiles import ModelProfile
 from ..workload import Workload
+from . import prefix as prefix_mod
 from . import query as query_mod
 from .plan import GpuPlan, Plan, PlannedSession, QueryPlan, StageBudget, Unserved
 from .squishy import Demand, lower_bound, renumber, squishy_pack
@@ -23,8 +26,8 @@ def stage_session(query: str, stage: str) -> str:
 
 
 def query_budgets(workload: Workload, split: str = "dp") -> dict[str, dict[str, float]]:
-    """Per query, per stage, the latency budget (ms) the chosen split gives it."""
-    splitter = {"dp": getattr(query_mod, "optimal_split", query_mod.even_split), "even": query_mod.even_split}
+    """Per query, per stage, the latency budget (ms) the chosen split gives it (``dp``: fewest GPUs; ``even``)."""
+    splitter = {"dp": query_mod.optimal_split, "even": query_mod.even_split}
     if split not in splitter:
         raise ValueError(f"split: must be one of {sorted(splitter)}, got {split!r}")
     return {q.name: splitter[split](q, workload) for q in workload.queries}
@@ -70,9 +73,57 @@ def policies() -> dict[str, Packer]:
     return out
 
 
+#: Policies that run prefix batching when ``plan_workload(prefix=True)``: Nexus's own; the baselines model
+#: systems without it.
+PREFIX_POLICIES = frozenset({"nexus", "nexus-greedy"})
+
+
+def _blocked(workload: Workload, budgets: Mapping[str, Mapping[str, float]]) -> dict[str, str]:
+    """Stage sessions of queries that cannot be served whole under ``budgets``, with the reason.
+
+    A query is all or nothing: when no split (or not the chosen one) lets every stage meet ``L' >= 2*l(1)``,
+    all its stages are reported in ``plan.unserved`` with a reason naming the field, and none is packed.
+    """
+    out: dict[str, str] = {}
+    for i, q in enumerate(workload.queries):
+        reason = query_mod.budget_shortfall(q, workload, budgets[q.name], f"queries[{i}]")
+        if reason is not None:
+            out.update({stage_session(q.name, st.name): reason for st in q.stages})
+    return out
+
+
+def _pack_prefix(packer: Packer, dms: Sequence[Demand], workload: Workload, gpus: int | None
+                 ) -> tuple[list[GpuPlan], list[Unserved], list[Demand], list[prefix_mod.PrefixGroup]]:
+    """Pack with prefix groups as composite demands; keep the whole-model plan if that needs fewer GPUs."""
+    memory_mb = workload.device.memory_mb
+    packed, groups = prefix_mod.group_demands(dms, workload, memory_mb)
+    if not groups:
+        placed, unserved = packer(dms, memory_mb, gpus)
+        return placed, unserved, list(dms), []
+    whole = packer(dms, memory_mb, gpus)
+    placed, unserved = packer(packed, memory_mb, gpus)
+    if len(whole[0]) < len(placed):
+        return whole[0], whole[1], list(dms), []
+    placed = prefix_mod.expand_prefix_gpus(renumber(placed), groups)
+    by_prefix = {g.prefix.session.session: g for g in groups}
+    out_unserved: list[Unserved] = []
+    for u in unserved:
+        out_unserved.append(u)
+        if u.session in by_prefix:
+            out_unserved += [Unserved(s.session.session, f"prefix group {by_prefix[u.session].group}: {u.reason}")
+                             for s in by_prefix[u.session].suffixes]
+    return placed, out_unserved, packed, groups
+
+
 def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = None, *,
-                  split: str = "dp") -> Plan:
+                  split: str = "dp", prefix: bool = True) -> Plan:
     """Plan ``workload`` with ``policy``; with ``gpus``, the largest common rate fraction that fits that many.
+
+    ``split`` picks the query SLO split (``dp``: ``query.optimal_split``; ``even``). With ``prefix`` (and a
+    policy in ``PREFIX_POLICIES``) sessions of one prefix group and SLO are planned as a prefix session plus one
+    suffix session per model, sharing GPUs (``plan.prefix_groups`` reports them and the memory saved); without
+    it every model is planned whole (the "without prefix batching" ablation). Queries that cannot be served
+    whole are reported in ``plan.unserved``, every stage with the reason.
 
     Examples
     --------
@@ -87,22 +138,45 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
     if gpus is not None and gpus < 1:
         raise ValueError(f"gpus: must be >= 1, got {gpus}")
     budgets = query_budgets(workload, split)
+    blocked = _blocked(workload, budgets)
     packer = table[policy]
+    use_prefix = prefix and policy in PREFIX_POLICIES and any(m.prefix is not None
+                                                             for m in workload.models.values())
 
     def make(fraction: float) -> Plan:
         wl = workload if fraction == 1.0 else workload.scaled(fraction)
         dms = demands(wl, budgets)
-        placed, unserved = packer(dms, workload.device.memory_mb, gpus)
+        todo = [d for d in dms if d.session.session not in blocked]
+        groups: list[prefix_mod.PrefixGroup] = []
+        if use_prefix:
+            placed, unserved, packed, groups = _pack_prefix(packer, todo, wl, gpus)
+        else:
+            placed, unserved = packer(todo, workload.device.memory_mb, gpus)
+            packed = todo
+        unserved = [Unserved(d.session.session, blocked[d.session.session])
+                    for d in dms if d.session.session in blocked] + list(unserved)
+        placed = renumber(placed)
+        sessions = [d.session for d in dms]
+        report: list[dict] = []
+        for g in groups:
+            members = {s.session.session: s.session for s in g.suffixes}
+            first = next(i for i, s in enumerate(sessions) if s.session in members)
+            sessions = [members.get(s.session, s) for s in sessions]
+            sessions.insert(first, g.prefix.session)
+            names = list(members)
+            report.append(g.to_dict(prefix_mod.memory_saved(placed, g.prefix.session.session, g.prefix.profile,
+                                                            names)))
         return Plan(
-            gpus=tuple(renumber(placed)),
-            sessions=tuple(d.session for d in dms),
-            lower_bound_gpus=lower_bound(dms, workload.device.memory_mb),
+            gpus=tuple(placed),
+            sessions=tuple(sessions),
+            lower_bound_gpus=lower_bound(packed, workload.device.memory_mb),
             policy=policy,
             unserved=tuple(unserved),
             queries=tuple(QueryPlan(q.name, q.slo_ms, tuple(
                 StageBudget(st.name, stage_session(q.name, st.name), budgets[q.name][st.name])
                 for st in q.stages)) for q in workload.queries),
             rate_fraction=fraction,
+            prefix_groups=tuple(report),
         )
 
     full = make(1.0)
@@ -123,7 +197,14 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
 
 
 def validate(plan: Plan, workload: Workload) -> None:
-    """Raise ``PlanInvalid`` listing every violated constraint of ``plan`` for ``workload``."""
+    """Raise ``PlanInvalid`` listing every violated constraint of ``plan`` for ``workload``.
+
+    Independent of the packers: it re-derives every session's profile, budget and rate from the workload. Prefix
+    groups the plan declares (``plan.prefix_groups``) are checked against the workload's prefix declarations;
+    on each GPU a prefix session and its suffixes form one composite unit: the prefix must take every request
+    its suffixes there serve, and ``d + l_P(b) + sum_i l_Si(b_i) <= L'_i`` for every member i on that GPU
+    (the suffixes run back to back after the prefix), on top of the per-GPU duty-cycle and memory checks.
+    """
     budgets = {q.name: {s.name: s.budget_ms for s in q.stages} for q in plan.queries}
     errors: list[str] = []
     for q in workload.queries:
@@ -142,17 +223,110 @@ def validate(plan: Plan, workload: Workload) -> None:
             errors.append(f"query {q.name}: a path needs {max(finish.values()):.3f} ms > SLO {q.slo_ms} ms")
     if errors:
         raise PlanInvalid(errors)
-    wl = workload if plan.rate_fraction == 1.0 else workload.scaled(plan.rate_fraction)
-    dms = demands(wl, budgets)
-    names = {d.session.session for d in dms}
+    tables = _session_tables(plan, workload, budgets, errors)
+    profiles, budget_of, rates, units = tables
     planned = {s.session for s in plan.sessions}
-    errors += [f"{n}: missing from plan.sessions" for n in sorted(names - planned)]
-    errors += plan_violations(
-        plan,
-        profiles={d.session.session: d.profile for d in dms},
-        budgets={d.session.session: d.budget_ms for d in dms},
-        rates={d.session.session: d.session.rate for d in dms},
-        memory_mb=workload.device.memory_mb,
-    )
+    errors += [f"{n}: missing from plan.sessions" for n in sorted(set(rates) - planned)]
+    errors += plan_violations(plan, profiles=profiles, budgets=budget_of, rates=rates,
+                              memory_mb=workload.device.memory_mb)
+    errors += _composite_violations(plan, units, profiles, budget_of)
     if errors:
         raise PlanInvalid(errors)
+
+
+def session_profiles(plan: Plan, workload: Workload) -> dict[str, ModelProfile]:
+    """The profile every planned session runs with: a session's or stage's model, or, for a prefix group the
+    plan declares, the group's prefix profile (prefix session) and each model's suffix profile (its session).
+
+    What a simulator or backend needs to time an allocation: ``Allocation.model`` of a prefix or suffix names
+    ``<group>.prefix`` / ``<model>.suffix``, which are not models of the workload.
+    """
+    budgets = {q.name: {s.name: s.budget_ms for s in q.stages} for q in plan.queries}
+    return _session_tables(plan, workload, budgets, [])[0]
+
+
+def _session_tables(plan: Plan, workload: Workload, budgets: Mapping[str, Mapping[str, float]], errors: list[str]
+                    ) -> tuple[dict[str, ModelProfile], dict[str, float], dict[str, float], dict[str, list[str]]]:
+    """Per planned session: profile, device budget L' and rate (scaled by the plan's rate fraction), re-derived
+    from the workload; plus prefix session -> member sessions for the prefix groups the plan declares."""
+    wl = workload if plan.rate_fraction == 1.0 else workload.scaled(plan.rate_fraction)
+    dms = demands(wl, budgets)
+    profiles = {d.session.session: d.profile for d in dms}
+    budget_of = {d.session.session: d.budget_ms for d in dms}
+    rates = {d.session.session: d.session.rate for d in dms}
+    units = _prefix_units(plan, wl, {d.session.session: d for d in dms}, profiles, budget_of, rates, errors)
+    return profiles, budget_of, rates, units
+
+
+def _prefix_units(plan: Plan, wl: Workload, by_name: Mapping[str, Demand], profiles: dict, budgets: dict,
+                  rates: dict, errors: list[str]) -> dict[str, list[str]]:
+    """Check each declared prefix group against the workload; point its sessions at the prefix and suffix
+    profiles. Returns prefix session -> member sessions."""
+    units: dict[str, list[str]] = {}
+    for k, raw in enumerate(plan.prefix_groups):
+        where = f"prefix_groups[{k}]"
+        group, head = raw.get("group"), raw.get("prefix_session")
+        members = prefix_mod.members_of(raw)
+        if not isinstance(group, str) or not isinstance(head, str) or len(members) < 1:
+            errors.append(f"{where}: needs group, prefix_session and sessions")
+            continue
+        specs = []
+        for m in members:
+            dm = by_name.get(m)
+            spec = wl.models.get(dm.session.model) if dm is not None else None
+            if dm is None or spec is None or spec.prefix is None or spec.prefix.group != group:
+                errors.append(f"{where}: session {m} does not run a model of prefix group {group}")
+                continue
+            if any(m in u for u in units.values()):
+                errors.append(f"{where}: session {m} is in two prefix groups")
+                continue
+            specs.append((dm, spec.prefix))
+        if len(specs) != len(members):
+            continue
+        if len({dm.session.slo_ms for dm, _ in specs}) != 1:
+            errors.append(f"{where}: sessions of one prefix session must share one SLO")
+            continue
+        if head in profiles:
+            errors.append(f"{where}.prefix_session: {head} clashes with a workload session")
+            continue
+        profiles[head] = prefix_mod.prefix_profile(group, [p.prefix for _, p in specs])
+        budgets[head] = min(dm.budget_ms for dm, _ in specs)
+        rates[head] = sum(dm.session.rate for dm, _ in specs)
+        for dm, p in specs:
+            profiles[dm.session.session] = p.suffix
+        units[head] = members
+    return units
+
+
+def _composite_violations(plan: Plan, units: Mapping[str, list[str]], profiles: Mapping, budgets: Mapping
+                          ) -> list[str]:
+    errors: list[str] = []
+    if not units:
+        return errors
+    member_of = {m: head for head, ms in units.items() for m in ms}
+    for g in plan.gpus:
+        d = g.duty_cycle_ms
+        here = {a.session: a for a in g.allocations}
+        for a in g.allocations:
+            head = member_of.get(a.session)
+            if head is not None and head not in here:
+                errors.append(f"gpu {g.id}/{a.session}: suffix without its prefix session {head} on this GPU")
+        for head, members in units.items():
+            pa = here.get(head)
+            if pa is None:
+                continue
+            ms = [here[m] for m in members if m in here]
+            took = sum(m.rate for m in ms)
+            if took > pa.rate * (1 + 1e-6) + 1e-6:
+                errors.append(f"gpu {g.id}/{head}: prefix takes {pa.rate:.3f}/s but its suffixes here serve "
+                              f"{took:.3f}/s")
+            p = profiles[head]
+            if not 1 <= pa.batch <= p.max_batch or any(not 1 <= m.batch <= profiles[m.session].max_batch
+                                                       for m in ms):
+                continue  # reported by plan_violations
+            unit = float(p.lat_ms[pa.batch]) + sum(float(profiles[m.session].lat_ms[m.batch]) for m in ms)
+            for m in ms:
+                if d + unit > budgets[m.session] * (1 + 1e-6) + 1e-6:
+                    errors.append(f"gpu {g.id}/{m.session}: d + l_prefix + sum l_suffix = {d + unit:.3f} ms "
+                                  f"exceeds budget L' = {budgets[m.session]:.3f} ms")
+    return errors
