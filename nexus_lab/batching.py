@@ -5,6 +5,7 @@ Pure functions over deadlines: no transport, no clocks, no simulator or Dask typ
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -76,3 +77,92 @@ def early_drop_sorted(deadlines: np.ndarray, start: int, end: int, now: float, m
     # may survive. Fall back to the exact scan over this short tail (at most max_batch steps).
     w = early_drop_window(deadlines[:end], now, max_batch, lat_s, start=start + max(0, keep_from - max_batch))
     return Window(max(0, keep_from - max_batch) + w.drop, w.take)
+
+
+# ------------------------------------------------------------------------------------------ baseline policies
+# The dedicated-GPU baselines' batching decisions, as pure functions over one FIFO queue of arrival times
+# (non-decreasing, seconds). The simulator and any runtime that imitates a baseline call these; none drops early.
+
+BASELINE_BATCHING = ("tf-serving", "triton", "clipper")
+
+
+def tf_serving_close(arrivals: Sequence[float], start: int, max_batch: int, timeout_s: float) -> tuple[float, int]:
+    """TF-Serving's batch closing: when the batch opened by ``arrivals[start]`` closes, and how many it holds.
+
+    A batch closes when it reaches ``max_batch`` or when its oldest request has waited ``timeout_s``, whether
+    or not the GPU is free (closed batches then queue for the GPU in order).
+
+    Examples
+    --------
+    >>> tf_serving_close([0.0, 0.001, 0.002, 0.5], 0, max_batch=2, timeout_s=0.01)
+    (0.001, 2)
+    >>> tf_serving_close([0.0, 0.001, 0.002, 0.5], 2, max_batch=2, timeout_s=0.01)
+    (0.012, 1)
+    """
+    n = len(arrivals)
+    if not 0 <= start < n:
+        raise ValueError(f"start: must be in 0..{n - 1}, got {start}")
+    full = start + max_batch - 1
+    expire = arrivals[start] + timeout_s
+    if full < n and arrivals[full] <= expire:
+        return float(arrivals[full]), max_batch
+    return float(expire), bisect_right(arrivals, expire, start, min(n, start + max_batch)) - start
+
+
+def triton_dispatch(arrivals: Sequence[float], start: int, free_at: float, max_batch: int,
+                    max_queue_delay_s: float) -> tuple[float, int]:
+    """Triton's dynamic batcher: when the queue headed by ``arrivals[start]`` is dispatched, and how many go.
+
+    Once the GPU is free (``free_at``) and a request is queued, dispatch at once when ``max_batch`` are queued;
+    otherwise wait until ``max_batch`` are queued or the oldest has waited ``max_queue_delay_s``, whichever
+    comes first, and dispatch what is queued then.
+
+    Examples
+    --------
+    >>> triton_dispatch([0.0, 0.001, 0.002], 0, free_at=0.0, max_batch=4, max_queue_delay_s=0.005)
+    (0.005, 3)
+    >>> triton_dispatch([0.0, 0.001, 0.002], 0, free_at=0.01, max_batch=2, max_queue_delay_s=0.005)
+    (0.01, 2)
+    """
+    n = len(arrivals)
+    if not 0 <= start < n:
+        raise ValueError(f"start: must be in 0..{n - 1}, got {start}")
+    now = max(free_at, arrivals[start])
+    full = start + max_batch - 1
+    if full < n and arrivals[full] <= now:
+        return float(now), max_batch
+    expire = arrivals[start] + max_queue_delay_s
+    if now < expire:
+        now = min(expire, arrivals[full]) if full < n else expire
+    return float(now), bisect_right(arrivals, now, start, min(n, start + max_batch)) - start
+
+
+def clipper_take(arrivals: Sequence[float], start: int, free_at: float, limit: float) -> tuple[float, int]:
+    """Clipper's batch: as soon as the GPU is free and a request is queued, take up to ``floor(limit)`` queued
+    requests, with no waiting."""
+    n = len(arrivals)
+    if not 0 <= start < n:
+        raise ValueError(f"start: must be in 0..{n - 1}, got {start}")
+    now = max(free_at, arrivals[start])
+    cap = max(1, int(limit))
+    return float(now), bisect_right(arrivals, now, start, min(n, start + cap)) - start
+
+
+def clipper_next_limit(limit: float, latency_s: float, waited_s: float, budget_s: float, max_batch: int,
+                       step: float = 1.0, backoff: float = 0.9) -> float:
+    """Clipper's AIMD batch-size limit after one batch.
+
+    When the batch's latency plus its oldest request's queueing stayed within the budget ``L'``, grow the limit
+    additively (``+step``, capped at ``max_batch``); otherwise shrink it multiplicatively (``*backoff``, at
+    least 1).
+
+    Examples
+    --------
+    >>> clipper_next_limit(4.0, 0.010, 0.002, 0.050, max_batch=8)
+    5.0
+    >>> clipper_next_limit(10.0, 0.040, 0.020, 0.050, max_batch=16)
+    9.0
+    """
+    if latency_s + waited_s <= budget_s:
+        return float(min(limit + step, max_batch))
+    return float(max(1.0, limit * backoff))

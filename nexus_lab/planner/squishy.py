@@ -60,7 +60,8 @@ def residual_for(profile: ModelProfile, budget_ms: float, rate: float, max_b: in
     run: take the largest b with ``(b-1)/r + l(b) <= L``. Then ``d = min(L - l(b), b/r)``.
     """
     bs = np.arange(1, max_b + 1)
-    wait = (bs - 1) * 1000.0 / rate + profile.lat_ms[1:max_b + 1]
+    with np.errstate(over="ignore"):  # a vanishing rate waits forever: inf is the right answer
+        wait = (bs - 1) * (1000.0 / rate) + profile.lat_ms[1:max_b + 1]
     b = max(int(np.searchsorted(wait, budget_ms * (1 + 1e-12), side="right")), 1)
     lat = float(profile.lat_ms[b])
     duty = min(budget_ms - lat, b * 1000.0 / rate)
