@@ -166,3 +166,26 @@ def clipper_next_limit(limit: float, latency_s: float, waited_s: float, budget_s
     if latency_s + waited_s <= budget_s:
         return float(min(limit + step, max_batch))
     return float(max(1.0, limit * backoff))
+
+
+def burst_take(head_deadline: float, now: float, queued: int, planned_batch: int,
+               latency_s: Sequence[float] | np.ndarray) -> int:
+    """Grow a full batch past its planned size while the oldest request still meets its deadline.
+
+    Called when the head request makes its deadline with the planned batch ``b`` and more than ``b`` are queued
+    (a Poisson burst): take the largest ``n`` in ``[b, queued]`` with ``now + l(n) <= head_deadline``, capped by
+    the profile's largest batch. Later requests of one session have later deadlines, so all ``n`` make it; the
+    excess would otherwise wait a whole turn more. Only work-conserving backends use it: other sessions on the
+    GPU then wait one longer batch, which their own early drop accounts for.
+
+    Examples
+    --------
+    >>> burst_take(1.35, now=1.0, queued=10, planned_batch=2, latency_s=[0.0, 0.1, 0.15, 0.2, 0.3, 0.4])
+    4
+    """
+    n = planned_batch
+    top = min(queued, len(latency_s) - 1)
+    limit = head_deadline - now
+    while n < top and latency_s[n + 1] <= limit:
+        n += 1
+    return n

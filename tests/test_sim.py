@@ -85,7 +85,7 @@ def test_duty_cycle_timing_by_hand():
     plan = _plan([GpuPlan(0, 10.0, 0.6, 300.0, (Allocation("A", "tiny", 30.0, 2, 1.0),
                                                  Allocation("B", "tiny", 30.0, 1, 1.0)))],
                  [("A", 30.0), ("B", 30.0)])
-    res = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True,
+    res = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, fixed_slots=True,
                    arrivals=_trace(A=[1.0, 2.0, 3.0], B=[0.5, 11.0]))
     # Cycle 0: A has nothing at 0 ms; B's request (0.5 ms) runs at its slot, 3 -> 5 ms. Cycle 1 (10 ms): A takes
     # its two oldest, 10 -> 13 ms; B's 11 ms request waits for its slot at 13 ms even though the GPU was free
@@ -107,7 +107,7 @@ def test_slots_are_fixed_so_turns_stay_one_duty_cycle_apart():
     plan = _plan([GpuPlan(0, 10.0, 0.6, 300.0, (Allocation("A", "tiny", 30.0, 2, 1.0),
                                                  Allocation("B", "tiny", 30.0, 1, 1.0)))],
                  [("A", 30.0), ("B", 30.0)])
-    res = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True,
+    res = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, fixed_slots=True,
                    arrivals=_trace(A=[0.0, 9.0, 9.5], B=[0.0, 2.5]))
     assert _batches(res) == [("A", 0.0, 2.0, 1), ("B", 3.0, 5.0, 1), ("A", 10.0, 13.0, 2), ("B", 13.0, 15.0, 1)]
 
@@ -115,7 +115,8 @@ def test_slots_are_fixed_so_turns_stay_one_duty_cycle_apart():
 def test_an_overrunning_cycle_starts_the_next_when_it_ends():
     wl = _tiny_workload(100.0)
     plan = _plan([GpuPlan(0, 2.0, 1.0, 300.0, (Allocation("A", "tiny", 100.0, 2, 1.0),))], [("A", 100.0)])
-    res = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, arrivals=_trace(A=[0.0, 0.0, 0.0, 0.0]))
+    res = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, fixed_slots=True,
+                   arrivals=_trace(A=[0.0, 0.0, 0.0, 0.0]))
     assert _batches(res) == [("A", 0.0, 3.0, 2), ("A", 3.0, 6.0, 2)]
 
 
@@ -125,14 +126,39 @@ def test_early_drop_and_its_ablation():
     wl = _tiny_workload(12.0)
     plan = _plan([GpuPlan(0, 10.0, 0.3, 200.0, (Allocation("A", "tiny", 12.0, 2, 1.0),))], [("A", 12.0)])
     arr = _trace(A=[1.0, 2.0, 3.0])
-    on = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, arrivals=arr)
+    on = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, fixed_slots=True, arrivals=arr)
     m = on.sessions["A"]
     assert (m.requests, m.served, m.within_slo, m.drops["deadline"]) == (3, 1, 1, 2)
     assert _batches(on) == [("A", 10.0, 12.0, 1)] and m.latency_p99_ms == pytest.approx(11.0)
-    off = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, arrivals=arr, early_drop=False)
+    off = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, fixed_slots=True, arrivals=arr,
+                   early_drop=False)
     m = off.sessions["A"]
     assert (m.requests, m.served, m.within_slo, m.drops["deadline"]) == (3, 3, 0, 0)
     assert _batches(off) == [("A", 10.0, 13.0, 2), ("A", 20.0, 22.0, 1)]
+
+
+def test_work_conserving_turns_run_back_to_back():
+    # The default runtime: no waiting for slots or cycle boundaries; each allocation takes its turn as soon as the
+    # GPU frees, at most once per round. Same plan and arrivals as the hand-timed fixed-slot example above.
+    wl = _tiny_workload(30.0, 30.0)
+    plan = _plan([GpuPlan(0, 10.0, 0.6, 300.0, (Allocation("A", "tiny", 30.0, 2, 1.0),
+                                                 Allocation("B", "tiny", 30.0, 1, 1.0)))],
+                 [("A", 30.0), ("B", 30.0)])
+    res = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, arrivals=_trace(A=[1.0, 2.0, 3.0],
+                                                                                         B=[0.5, 11.0]))
+    assert _batches(res) == [("B", 0.5, 2.5, 1), ("A", 2.5, 5.5, 2), ("A", 5.5, 7.5, 1), ("B", 11.0, 13.0, 1)]
+
+
+def test_a_burst_grows_the_batch_while_the_oldest_request_makes_its_deadline():
+    # SLO 12 ms: L' = 10 ms, l(b) = b + 1 ms. Six requests at once against a planned batch of 2: the work-conserving
+    # backend runs all six in one batch (l(6) = 7 ms <= 10 ms); the fixed-slot cycle serves two and drops the rest.
+    wl = _tiny_workload(12.0)
+    plan = _plan([GpuPlan(0, 10.0, 0.3, 200.0, (Allocation("A", "tiny", 12.0, 2, 1.0),))], [("A", 12.0)])
+    arr = _trace(A=[0.0] * 6)
+    grown = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, arrivals=arr)
+    assert _batches(grown) == [("A", 0.0, 7.0, 6)] and grown.sessions["A"].within_slo == 6
+    fixed = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, arrivals=arr, fixed_slots=True)
+    assert fixed.sessions["A"].within_slo == 2 and fixed.sessions["A"].drops["deadline"] == 4
 
 
 # ------------------------------------------------------------------------------------------ baselines
@@ -353,7 +379,7 @@ def test_engine_matches_a_naive_reference(seed):
     lat = wl.profile("tiny").lat_ms / 1000.0
     budgets = {n: wl.budget_ms("tiny", slos[n]) / 1000.0 for n in names}
     for early_drop in (True, False):
-        res = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, early_drop=early_drop,
+        res = simulate(plan, wl, duration_s=1.0, warmup_s=0.0, trace=True, fixed_slots=True, early_drop=early_drop,
                        arrivals={n: ArrivalSpec("trace", trace=v) for n, v in arrivals.items()})
         got = _batches(res)
         want = sorted(_reference_duty_cycle(gpu, arrivals, budgets, lat, early_drop), key=lambda r: r[1])

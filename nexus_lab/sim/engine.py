@@ -22,6 +22,7 @@ import numpy as np
 from ..batching import (
     ALL_REASONS,
     DropReason,
+    burst_take,
     clipper_next_limit,
     clipper_take,
     early_drop_sorted,
@@ -147,13 +148,19 @@ def _arrival_specs(arrivals: str | Mapping[str, ArrivalSpec], cv: float, names: 
 
 # ------------------------------------------------------------------------------------------ the GPU loops
 def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Queue, list]], early_drop: bool,
-                recs: list) -> None:
-    """A Nexus backend: every duty cycle, each allocation in turn forms a batch (early drop) and runs it.
+                recs: list, fixed_slots: bool = False) -> None:
+    """A Nexus backend: each allocation in turn forms a batch (early drop) and runs it, cycle after cycle.
 
-    A cycle starts every ``d``; when its batches overrun ``d`` the next starts when they end. Each allocation's
-    turn starts at its slot (the planned latencies of the allocations before it) or when the GPU frees, whichever
-    is later. Members of a prefix group run inside their prefix session's turn: the prefix once on all their
-    batches, then each suffix on its slice.
+    Work-conserving (the default, as the Dask backends run): a cycle starts as soon as the previous one ends and
+    each turn as soon as the GPU frees. Between two turns of a session every other allocation runs at most once,
+    each at most its planned batch, so a request waits at most ``sum_j l(b_j) <= d`` and the plan's
+    ``d + l(b) <= L'`` still holds; when batches are smaller than planned the turns come sooner, which leaves room
+    for Poisson bursts, and a burst may grow a full batch past b while its oldest request still makes its
+    deadline (``burst_take``). With ``fixed_slots`` (the paper's description): a cycle starts every ``d``, each
+    turn at its slot (the planned latencies before it), and batches never exceed b.
+
+    Members of a prefix group run inside their prefix session's turn: the prefix once on all their batches, then
+    each suffix on its slice.
     """
     duty = gpu.duty_cycle_ms / 1000.0
     by_session = {q.sess.name: q for q in queues}
@@ -185,13 +192,15 @@ def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Que
     while remaining > 0:
         if idle:
             nxt = min(q.arr[q.head] for q in real if q.head < q.n)
-            if nxt > t_cycle + duty:
+            if not fixed_slots:
+                t_cycle = max(t_cycle, nxt)
+            elif nxt > t_cycle + duty:
                 t_cycle += math.floor((nxt - t_cycle) / duty) * duty
         t = t_cycle
         idle = True
         for q, unit, slot in steps:
             slot += t_cycle
-            if slot > t:
+            if fixed_slots and slot > t:
                 t = slot
             if unit is None:
                 h = q.head
@@ -205,6 +214,8 @@ def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Que
                 m = bisect_right(arr, t, h, min(q.n, h + b)) - h  # min(queued, b)
                 if not early_drop or arr[h] + q.budget_s >= t + lat[m]:
                     drop, take = 0, m
+                    if early_drop and m == b and not fixed_slots:
+                        take = burst_take(arr[h] + q.budget_s, t, bisect_right(arr, t, h) - h, b, lat)
                 else:
                     w = early_drop_sorted(q.dl_np, h, bisect_right(arr, t, h), t, b, q.lat_np)
                     drop, take = w.drop, w.take
@@ -255,7 +266,10 @@ def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Que
                 remaining -= drop + take
                 cur = e
             t = cur
-        t_cycle = t if t > t_cycle + duty else t_cycle + duty
+        if fixed_slots:
+            t_cycle = t if t > t_cycle + duty else t_cycle + duty
+        else:
+            t_cycle = t
 
 
 def _baseline(gpu: GpuPlan, q: _Queue, recs: list) -> None:
@@ -294,7 +308,8 @@ def _baseline(gpu: GpuPlan, q: _Queue, recs: list) -> None:
 # ------------------------------------------------------------------------------------------ the entry point
 def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: int = 0,
              arrivals: str | Mapping[str, ArrivalSpec] = "poisson", cv: float = 2.0, early_drop: bool = True,
-             trace: bool = False, warmup_s: float = 1.0, rates: Mapping[str, float] | None = None) -> SimResult:
+             trace: bool = False, warmup_s: float = 1.0, rates: Mapping[str, float] | None = None,
+             fixed_slots: bool = False) -> SimResult:
     """Run ``plan`` on ``workload``'s profiles for ``duration_s`` of virtual time.
 
     Every planned session (user sessions and query stages alike, each at its own rate) gets its own arrival
@@ -303,10 +318,10 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
     sessions have no requests of their own: they run for their members'. Frontends route each request to the
     session's GPUs in proportion to the plan's per-GPU rates (deterministic weighted round robin). GPUs run
     their ``batching`` policy: ``duty-cycle`` (Nexus, early drop unless ``early_drop=False``), ``tf-serving``,
-    ``triton`` or ``clipper``. A batch of b takes the profile's inflated ``l(b)``. On a duty-cycle GPU a cycle
-    starts every ``d`` (or when an overrunning one ends) and each allocation's turn has a fixed slot in it, after
-    the planned ``l(b)`` of the allocations before it, so a session's turns are ``d`` apart as the plan assumes;
-    at its turn it takes up to its allocation's batch (early drop: ``deadline = arrival + L'``). After
+    ``triton`` or ``clipper``. A batch of b takes the profile's inflated ``l(b)``. A duty-cycle GPU runs its
+    allocations in turn, work-conserving, each taking up to its allocation's batch (early drop:
+    ``deadline = arrival + L'``) and growing it in a burst while the oldest request still makes its deadline; with
+    ``fixed_slots=True`` it runs the paper's fixed cycle instead (see ``_duty_cycle``). After
     ``duration_s`` no more requests arrive and the queues drain, so every request ends served or dropped; metrics
     count the requests arriving in ``[warmup_s, duration_s)``.
 
@@ -391,7 +406,7 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
             if not index[name].members:
                 continue
             prefix[name] = (q, members)
-        _duty_cycle(g, qs, prefix, early_drop, recs)
+        _duty_cycle(g, qs, prefix, early_drop, recs, fixed_slots)
 
     return _metrics(plan, sessions, queues, unrouted, recs, float(duration_s), float(warmup_s), trace)
 
