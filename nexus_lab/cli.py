@@ -96,7 +96,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     wl = load_workload(args.workload)
     plan = plan_workload(wl, args.policy, args.gpus, split=args.split)
-    result = simulate(plan, wl, duration_s=args.duration, seed=args.seed, arrivals=args.arrivals)
+    # With --gpus the plan serves a fraction of every rate; offer the full rates so the excess shows as drops.
+    rates = ({s.session: s.rate / plan.rate_fraction for s in plan.sessions}
+             if 0 < plan.rate_fraction < 1 else None)
+    result = simulate(plan, wl, duration_s=args.duration, seed=args.seed, arrivals=args.arrivals, rates=rates)
     if args.json:
         print(json.dumps({"plan": plan.to_dict(), "metrics": result.to_dict()}, indent=2))
     else:

@@ -38,14 +38,17 @@ def plan_report(plan: Plan) -> str:
     return "\n".join(out)
 
 
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
+
+
 def metrics_table(sessions: dict[str, dict[str, Any]]) -> str:
     """One row per session from metrics dicts (simulator or runtime): goodput, attainment, drops, latency."""
     rows = []
     for name, m in sessions.items():
         drops = m.get("drops", {})
         rows.append([name, f"{m['offered_rate']:.1f}", f"{m['goodput']:.1f}", f"{m['slo_attainment']:.2%}",
-                     str(sum(drops.values())), f"{m.get('latency_p50_ms', 0):.1f}",
-                     f"{m.get('latency_p99_ms', 0):.1f}"])
+                     str(sum(drops.values())), _ms(m.get("latency_p50_ms")), _ms(m.get("latency_p99_ms"))])
     return _table(rows, ["session", "offered/s", "goodput/s", "within SLO", "drops", "p50 ms", "p99 ms"])
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from nexus_lab.planner import PlanInvalid, plan_workload, validate
+from nexus_lab.planner import plan_workload, validate
 from nexus_lab.planner.api import demands, policies
 from nexus_lab.planner.baselines import (
     BASELINES,
@@ -57,7 +57,8 @@ def _check_dedicated(plan, wl, system):
         assert g.duty_cycle_ms == pytest.approx(max(a.batch_timeout_ms or 0.0, lat))
         served.setdefault(a.session, []).append(a.rate)
     for name, rates in served.items():
-        assert sum(rates) == pytest.approx(by_name[name].session.rate)
+        # On a fixed cluster the plan takes the common fraction of every rate its GPUs sustain.
+        assert sum(rates) == pytest.approx(by_name[name].session.rate * plan.rate_fraction)
         assert max(rates) == pytest.approx(min(rates))
     return served
 
@@ -128,26 +129,27 @@ def test_unservable_sessions_are_reported_by_every_baseline():
         assert plan.num_gpus == 1
 
 
-def test_batch_oblivious_packs_by_saturated_cost_and_misses():
-    # Many small residuals: costed at l(B)/B per request they fit few GPUs, but at their shrunken batches
-    # their summed latency overruns the duty cycle.
+def test_batch_oblivious_packs_by_saturated_cost_then_pays_to_deploy():
+    # Many small residuals: costed at l(B)/B per request they fit few bins, but at their shrunken batches the
+    # summed latency overruns the duty cycle, so deploying the bins takes extra GPUs. The plan is valid, larger
+    # than Nexus's, and every GPU keeps the deadlines.
     wl = load_workload({"sessions": [{"model": "vgg16", "slo_ms": 200, "rate": 20 + i, "name": f"s{i}"}
                                      for i in range(12)]})
     obl, nexus = plan_workload(wl, "batch-oblivious"), plan_workload(wl)
     validate(nexus, wl)
-    assert obl.num_gpus <= nexus.num_gpus
-    assert max(g.occupancy for g in obl.gpus) > 1.0
-    with pytest.raises(PlanInvalid, match="exceeds duty cycle"):
-        validate(obl, wl)
+    validate(obl, wl)
+    assert obl.num_gpus > nexus.num_gpus
     by_name = {d.session.session: d for d in demands(wl)}
+    oblivious_bins = 0.0
     for g in obl.gpus:
-        load = 0.0
+        assert g.occupancy <= 1.0 + 1e-9
         for a in g.allocations:
             dm = by_name[a.session]
             big = saturated_batch(dm.profile, dm.budget_ms, MEM)
-            load += a.rate * float(dm.profile.lat_ms[big]) / big / 1000.0
+            oblivious_bins += a.rate * float(dm.profile.lat_ms[big]) / big / 1000.0
             assert g.duty_cycle_ms + float(dm.profile.lat_ms[a.batch]) <= dm.budget_ms + 1e-6  # deadlines hold
-        assert load <= 1.0 + 1e-9  # its own (mis-)estimate of the GPU's load
+    # Its own estimate promised far fewer GPUs than deploying took.
+    assert math.ceil(oblivious_bins) < obl.num_gpus
 
 
 def test_batch_oblivious_is_exact_when_saturated():
@@ -191,7 +193,8 @@ def test_dedicated_baselines_on_random_workloads(spec, gpus):
     for system in DEDICATED:
         plan = plan_workload(wl, system, gpus)
         if gpus is not None:
-            assert plan.num_gpus <= gpus and plan.rate_fraction == 1.0
+            assert plan.num_gpus <= gpus and 0 < plan.rate_fraction <= 1.0
+            validate(plan, wl)
         served = _check_dedicated(plan, wl, system)
         unserved = {u.session for u in plan.unserved}
         # Every session is served or reported with a reason, never both, never silently dropped.

@@ -8,6 +8,7 @@ every rate that fits; ``validate`` re-checks any plan from the workload alone. P
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 
 from ..profiles import ModelProfile
 from ..workload import Workload
@@ -180,6 +181,8 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
         )
 
     full = make(1.0)
+    if gpus is not None and policy in DEDICATED_POLICIES:
+        return _within_capacity(full, workload)
     if gpus is None or full.num_gpus <= gpus:
         return full
     # Largest common fraction f of every rate whose plan fits the cluster: GPUs needed grow with f.
@@ -194,6 +197,29 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
         if hi - lo < 1e-4:
             break
     return best
+
+
+DEDICATED_POLICIES = frozenset({"clipper", "tf-serving", "triton"})
+
+
+def _within_capacity(plan: Plan, workload: Workload) -> Plan:
+    """A dedicated-GPU baseline on a fixed cluster: the GPUs were divided by load, so some sessions may have less
+    than their rate needs. Plan the largest common fraction of every rate that its GPUs sustain (each GPU at most
+    ``b / l(b)`` at its largest batch); the simulator, offered the full rates, shows the rest as drops."""
+    profiles = session_profiles(plan, workload)
+    capacity: dict[str, float] = {}
+    for g in plan.gpus:
+        for a in g.allocations:
+            capacity[a.session] = capacity.get(a.session, 0.0) + a.batch * 1000.0 / float(
+                profiles[a.session].lat_ms[a.batch])
+    fraction = min([1.0] + [capacity[s.session] / s.rate for s in plan.sessions
+                            if s.rate > 0 and s.session in capacity])
+    if fraction >= 1.0:
+        return plan
+    scale = lambda a: replace(a, rate=a.rate * fraction)  # noqa: E731
+    return replace(plan, rate_fraction=fraction,
+                   sessions=tuple(scale(s) for s in plan.sessions),
+                   gpus=tuple(replace(g, allocations=tuple(scale(a) for a in g.allocations)) for g in plan.gpus))
 
 
 def validate(plan: Plan, workload: Workload) -> None:

@@ -6,10 +6,10 @@ no Dask. Each baseline is written to be as strong as its real counterpart, so co
 * ``batch-oblivious`` (the Nexus paper's own ablation): whole GPUs at the saturated batch as Nexus does, but the
   residual loads are costed at their *saturated* per-request cost ``r * l(B) / B`` and bin-packed by that
   occupancy (first-fit decreasing), ignoring that sharing a GPU shrinks every batch (and small batches cost more
-  per request). Each GPU then runs the duty-cycle batching at the duty cycle the merge implies (the smallest of
-  its members' own residual duty cycles, as Nexus merges) with batches ``ceil(r_i * d)``; its real load
-  ``sum_i l_i(b_i)`` may exceed ``d``. Such GPUs are reported with their true occupancy (> 1 when mis-packed),
-  do not pass ``validate`` and fall behind in simulation: that is the point of the ablation.
+  per request). Each bin then runs the duty-cycle batching at the duty cycle the merge implies (the smallest of
+  its members' own residual duty cycles, as Nexus merges) with batches ``ceil(r_i * d)``; when its real load
+  ``sum_i l_i(b_i)`` exceeds ``d`` the bin is split (first fit, real loads) until every GPU fits, so the plans
+  are valid and the extra GPUs are what ignoring batch shrinkage costs.
 * ``clipper``, ``tf-serving``, ``triton``: every session on its own GPUs (no sharing), each GPU running the
   system's batching (``GpuPlan.batching``). Without a cluster size each session gets ``ceil(R * l(B) / B)``
   GPUs, ``B`` its largest batch with ``2*l(B) <= L'`` (under load a request waits for the running batch, then
@@ -100,11 +100,29 @@ def batch_oblivious_pack(demands: Sequence[Demand], memory_mb: float, gpus: int 
             bins.append((occ, mem, [res]))
     out = list(full)
     for _, _, members in bins:
-        # The merged duty cycle is the smallest member's own: every deadline d + l(ceil(r_i d)) <= L'_i holds,
-        # but the batches shrink to ceil(r_i * d) and their summed latency is never checked against d.
-        duty = min(res.duty_ms for res in members)
-        out.append(make_gpu([(demands[res.index], res.rate) for res in members], duty))
+        out.extend(_deploy_oblivious(demands, members, memory_mb))
     return renumber(out), unserved
+
+
+def _deploy_oblivious(demands: Sequence[Demand], members: list, memory_mb: float) -> list[GpuPlan]:
+    """Run one oblivious bin: split it, first fit in the oblivious order, until every GPU really fits.
+
+    The merged duty cycle is the smallest member's own, so every deadline ``d + l(ceil(r_i d)) <= L'_i`` holds,
+    but the batches shrink to ``ceil(r_i * d)`` and their summed latency can exceed ``d``: the bin the oblivious
+    estimate promised does not fit, and deploying it needs more GPUs. Those extra GPUs are the ablation's cost.
+    """
+    gpus: list[list] = []
+    for res in members:
+        for group in gpus:
+            cand = group + [res]
+            g = make_gpu([(demands[r.index], r.rate) for r in cand], min(r.duty_ms for r in cand))
+            if g.occupancy <= 1.0 + 1e-9 and g.memory_mb <= memory_mb * (1 + 1e-12):
+                group.append(res)
+                break
+        else:
+            gpus.append([res])
+    return [make_gpu([(demands[r.index], r.rate) for r in group], min(r.duty_ms for r in group))
+            for group in gpus]
 
 
 # ------------------------------------------------------------------------------------------ dedicated GPUs
@@ -126,7 +144,7 @@ def dedicated_gpu_counts(loads: Sequence[float], gpus: int) -> list[int]:
         counts[i] = 1
     heap = [(-loads[i], i) for i in order[:gpus]]
     heapq.heapify(heap)
-    for _ in range(max(0, gpus - n)):
+    for _ in range(max(0, gpus - n) if heap else 0):
         _, i = heapq.heappop(heap)
         counts[i] += 1
         heapq.heappush(heap, (-loads[i] / counts[i], i))

@@ -52,16 +52,25 @@ def plan_violations(plan: Plan, profiles: Mapping[str, ModelProfile], budgets: M
             mem += float(p.mem_mb[a.batch])
             if a.rate < -_TOL:
                 errors.append(f"{aw}: negative rate {a.rate}")
+            budget = budgets[a.session]
+            served[a.session] = served.get(a.session, 0.0) + a.rate
+            if g.batching != "duty-cycle":
+                # A dedicated-GPU baseline batches on its own: its largest batch must fit the budget after its
+                # batch timeout, and back to back at that batch it must keep up with its rate.
+                wait = a.batch_timeout_ms or 0.0
+                if wait + lat > budget * (1 + _TOL) + _TOL:
+                    errors.append(f"{aw}: timeout + l(b) = {wait + lat:.3f} ms exceeds budget L' = {budget:.3f} ms")
+                if a.rate * lat / 1000.0 > a.batch * (1 + _TOL) + _TOL:
+                    errors.append(f"{aw}: rate {a.rate:.3f}/s exceeds batch {a.batch} every l(b) = {lat:.3f} ms")
+                continue
             # A batch of b collected per duty cycle d serves at most b/d requests per second.
-            if g.batching == "duty-cycle" and a.rate * d / 1000.0 > a.batch * (1 + _TOL) + _TOL:
+            if a.rate * d / 1000.0 > a.batch * (1 + _TOL) + _TOL:
                 errors.append(f"{aw}: rate {a.rate:.3f}/s needs batch {a.rate * d / 1000:.2f} > {a.batch} "
                               f"per duty cycle {d:.3f} ms")
             # Worst case: wait one duty cycle for the batch, then run it.
-            budget = budgets[a.session]
             if d + lat > budget * (1 + _TOL) + _TOL:
                 errors.append(f"{aw}: d + l(b) = {d + lat:.3f} ms exceeds budget L' = {budget:.3f} ms")
-            served[a.session] = served.get(a.session, 0.0) + a.rate
-        if load > d * (1 + _TOL) + _TOL:
+        if g.batching == "duty-cycle" and load > d * (1 + _TOL) + _TOL:
             errors.append(f"{where}: sum of batch latencies {load:.3f} ms exceeds duty cycle {d:.3f} ms")
         if mem > memory_mb * (1 + _TOL):
             errors.append(f"{where}: memory {mem:.0f} MB exceeds the device's {memory_mb:.0f} MB")
