@@ -1,0 +1,285 @@
+"""Load generator: open-loop request streams (Poisson, uniform, bursty gamma, trace replay) driven from worker
+processes through their own ``Frontend``, so the notebook is never the bottleneck; reports offered load and outcomes.
+
+Arrival processes are pure seeded functions; only ``run_load``/``start_load`` touch the frontend and the cluster.
+Nothing here plans or batches.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+import time
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .results import Dropped
+
+__all__ = ["KINDS", "LoadHandle", "arrival_times", "merge_reports", "run_load", "start_load"]
+
+KINDS = ("poisson", "uniform", "bursty", "trace")
+
+
+def arrival_times(kind: str, rate: float, duration_s: float, *, cv: float = 2.0, trace: Sequence[float] | None = None,
+                  seed: int = 0) -> np.ndarray:
+    """Arrival offsets (s, non-decreasing, in ``[0, duration_s)``) of one session's open-loop stream.
+
+    ``poisson``: exponential gaps of mean ``1/rate``; ``uniform``: gaps of exactly ``1/rate``; ``bursty``: gamma
+    gaps with mean ``1/rate`` and coefficient of variation ``cv`` (shape ``1/cv^2``); ``trace``: the given
+    offsets, replayed as recorded (``rate`` ignored).
+
+    Examples
+    --------
+    >>> len(arrival_times("uniform", 10.0, 1.0))
+    10
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
+    if duration_s <= 0:
+        raise ValueError(f"duration_s: must be > 0, got {duration_s}")
+    if kind == "trace":
+        if trace is None:
+            raise ValueError("trace: required when kind='trace' (arrival offsets in seconds)")
+        t = np.sort(np.asarray(trace, dtype=float))
+        if t.size and t[0] < 0:
+            raise ValueError("trace: offsets must be >= 0")
+        return t[t < duration_s]
+    if rate < 0:
+        raise ValueError(f"rate: must be >= 0, got {rate}")
+    if rate == 0:
+        return np.zeros(0)
+    n_max = int(rate * duration_s * 1.5 + 20 * np.sqrt(rate * duration_s) + 20)
+    rng = np.random.default_rng(seed)
+    if kind == "uniform":
+        t = np.arange(int(np.ceil(rate * duration_s))) / rate
+    elif kind == "poisson":
+        t = np.cumsum(rng.exponential(1.0 / rate, n_max))
+    else:
+        if cv <= 0:
+            raise ValueError(f"cv: must be > 0, got {cv}")
+        shape = 1.0 / cv**2
+        t = np.cumsum(rng.gamma(shape, 1.0 / (rate * shape), n_max))
+    return t[t < duration_s]
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Routes and sessions a generator's own frontend uses."""
+
+    routes: dict[str, list[tuple[str, float]]]
+    sessions: dict[str, dict[str, Any]]
+    coalesce_ms: float = 1.0
+    max_coalesce: int = 64
+
+
+class _Tally:
+    """Outcome counts of one session, updated from future callbacks (the frontend's loop thread)."""
+
+    def __init__(self, slo_s: float) -> None:
+        self.slo_s = slo_s
+        self.lock = threading.Lock()
+        self.offered = 0
+        self.ok = 0
+        self.within_slo = 0
+        self.failed = 0
+        self.dropped: dict[str, int] = {}
+        self.latencies_ms: list[float] = []
+        self.errors: list[str] = []
+
+    def done(self, sent: float, fut: concurrent.futures.Future) -> None:
+        lat = time.time() - sent
+        exc = fut.exception()
+        with self.lock:
+            if exc is None:
+                self.ok += 1
+                self.within_slo += lat <= self.slo_s
+                if len(self.latencies_ms) < 200000:
+                    self.latencies_ms.append(lat * 1000.0)
+            elif isinstance(exc, Dropped):
+                self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            else:
+                self.failed += 1
+                if len(self.errors) < 5:
+                    self.errors.append(str(exc))
+
+
+def run_load(frontend: Any, rates: Mapping[str, float], duration_s: float, *, kind: str = "poisson",
+             cv: float = 2.0, traces: Mapping[str, Sequence[float]] | None = None,
+             payloads: Mapping[str, Any] | None = None, seed: int = 0, settle_s: float | None = None
+             ) -> dict[str, Any]:
+    """Drive ``frontend`` open loop for ``duration_s`` and report, per session, the offered load and outcomes.
+
+    Requests of a session whose model has a zoo input spec get a zero array of that spec unless ``payloads``
+    gives one. Returns ``{"duration_s", "kind", "sessions": {session: {"offered", "offered_rate", "ok",
+    "within_slo", "dropped": {reason: n}, "failed", "p50_ms", "p99_ms", "latencies_ms"}}}``.
+    """
+    from .frontend import _input_spec
+
+    sessions = frontend.sessions
+    for s, r in rates.items():
+        if s not in sessions:
+            raise ValueError(f"rates[{s!r}]: unknown session; routed sessions: {sorted(sessions)}")
+        if r < 0:
+            raise ValueError(f"rates[{s!r}]: must be >= 0, got {r}")
+    payloads = dict(payloads or {})
+    names = sorted(rates)
+    for s in names:
+        if s not in payloads:
+            spec = _input_spec(str(sessions[s].get("model", "")))
+            payloads[s] = None if spec is None else np.zeros(tuple(spec.shape), dtype=spec.dtype)
+    times, owners = [], []
+    for k, s in enumerate(names):
+        t = arrival_times(kind, float(rates[s]), duration_s, cv=cv,
+                          trace=(traces or {}).get(s), seed=seed * 1000 + k)
+        times.append(t)
+        owners.append(np.full(t.size, k))
+    all_t = np.concatenate(times) if times else np.zeros(0)
+    who = np.concatenate(owners) if owners else np.zeros(0, dtype=int)
+    order = np.argsort(all_t, kind="stable")
+    all_t, who = all_t[order], who[order]
+    tallies = [_Tally(float(sessions[s]["slo_ms"]) / 1000.0) for s in names]
+    futures: list[concurrent.futures.Future] = []
+    t0 = time.time()
+    i, n = 0, all_t.size
+    while i < n:
+        now = time.time() - t0
+        if all_t[i] > now:
+            time.sleep(min(all_t[i] - now, 0.002))
+            continue
+        j = int(np.searchsorted(all_t, now, side="right"))
+        due = who[i:j]
+        for k in np.unique(due):
+            cnt = int((due == k).sum())
+            sent = time.time()
+            try:
+                fs = frontend.submit_many(names[k], [payloads[names[k]]] * cnt)
+            except Exception as exc:  # e.g. a closed frontend: count as failed, keep the run's accounting whole
+                with tallies[k].lock:
+                    tallies[k].offered += cnt
+                    tallies[k].failed += cnt
+                    tallies[k].errors.append(str(exc))
+                continue
+            tallies[k].offered += cnt
+            for f in fs:
+                f.add_done_callback(lambda fut, _t=tallies[k], _s=sent: _t.done(_s, fut))
+            futures.extend(fs)
+        i = j
+    wall = time.time() - t0
+    wait = settle_s if settle_s is not None else max((t.slo_s for t in tallies), default=0.0) + 6.0
+    concurrent.futures.wait(futures, timeout=wait)
+    out: dict[str, Any] = {"duration_s": wall, "kind": kind, "sessions": {}}
+    for s, t in zip(names, tallies, strict=True):
+        with t.lock:
+            lats = np.asarray(t.latencies_ms)
+            out["sessions"][s] = {
+                "offered": t.offered, "offered_rate": t.offered / max(duration_s, 1e-9), "ok": t.ok,
+                "within_slo": t.within_slo, "dropped": dict(t.dropped), "failed": t.failed,
+                "unfinished": t.offered - t.ok - t.failed - sum(t.dropped.values()),
+                "p50_ms": float(np.percentile(lats, 50)) if lats.size else None,
+                "p99_ms": float(np.percentile(lats, 99)) if lats.size else None,
+                "errors": list(t.errors), "latencies_ms": t.latencies_ms,
+            }
+    return out
+
+
+def _generator(plan: _Plan, rates: dict[str, float], duration_s: float, kind: str, cv: float,
+               traces: dict[str, list[float]] | None, seed: int, keep_latencies: bool) -> dict[str, Any]:
+    """Runs in a worker process (a task): its own frontend, the load, the report."""
+    from distributed import get_worker
+
+    from .frontend import Frontend
+
+    worker = get_worker()
+    with Frontend(None, security=worker.security, coalesce_ms=plan.coalesce_ms,
+                  max_coalesce=plan.max_coalesce) as fe:
+        fe.set_routes(plan.routes, plan.sessions)
+        report = run_load(fe, rates, duration_s, kind=kind, cv=cv, traces=traces, seed=seed)
+    report["worker"] = worker.address
+    if not keep_latencies:
+        for s in report["sessions"].values():
+            s.pop("latencies_ms", None)
+    return report
+
+
+def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Sum the per-generator reports: counts add up; p50/p99 over the pooled latencies when they were kept."""
+    out: dict[str, Any] = {"generators": len(reports), "duration_s": max((r["duration_s"] for r in reports),
+                                                                         default=0.0), "sessions": {}}
+    pooled: dict[str, list[float]] = {}
+    for r in reports:
+        for s, rec in r["sessions"].items():
+            agg = out["sessions"].setdefault(s, {"offered": 0, "offered_rate": 0.0, "ok": 0, "within_slo": 0,
+                                                 "dropped": {}, "failed": 0, "unfinished": 0, "errors": []})
+            for key in ("offered", "offered_rate", "ok", "within_slo", "failed", "unfinished"):
+                agg[key] += rec[key]
+            for reason, v in rec["dropped"].items():
+                agg["dropped"][reason] = agg["dropped"].get(reason, 0) + v
+            agg["errors"] = (agg["errors"] + rec.get("errors", []))[:5]
+            pooled.setdefault(s, []).extend(rec.get("latencies_ms", ()))
+    for s, agg in out["sessions"].items():
+        lats = np.asarray(pooled.get(s, ()))
+        agg["p50_ms"] = float(np.percentile(lats, 50)) if lats.size else None
+        agg["p99_ms"] = float(np.percentile(lats, 99)) if lats.size else None
+        agg["slo_attainment"] = agg["within_slo"] / agg["offered"] if agg["offered"] else None
+        agg["goodput"] = agg["within_slo"] / out["duration_s"] if out["duration_s"] else 0.0
+    return out
+
+
+class LoadHandle:
+    """The running load: ``result()`` waits for every generator and merges their reports."""
+
+    def __init__(self, futures: list[Any], duration_s: float) -> None:
+        self.futures = futures
+        self.duration_s = duration_s
+
+    def result(self, timeout: float | None = None) -> dict[str, Any]:
+        reports = [f.result(timeout=timeout if timeout is not None else self.duration_s + 60) for f in self.futures]
+        return merge_reports(reports)
+
+    def done(self) -> bool:
+        return all(f.done() for f in self.futures)
+
+
+def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, float], duration_s: float, *,
+               kind: str = "poisson", cv: float = 2.0, traces: Mapping[str, Sequence[float]] | None = None,
+               workers: Sequence[str] | None = None, seed: int = 0, keep_latencies: bool = False) -> LoadHandle:
+    """Start open-loop load on worker processes: each of ``workers`` (default: all) runs a generator task with
+    its own frontend and an equal share of every session's rate (traces are split round robin).
+
+    ``routes_or_frontend_config`` is a ``Frontend`` (its routes are reused), or a dict ``{"routes", "sessions",
+    "coalesce_ms"?, "max_coalesce"?}`` in the form ``Frontend.set_routes`` takes.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
+    if duration_s <= 0:
+        raise ValueError(f"duration_s: must be > 0, got {duration_s}")
+    cfg = routes_or_frontend_config
+    if hasattr(cfg, "_routes") and hasattr(cfg, "sessions"):
+        plan = _Plan({s: list(zip(r.addrs, r.weights, strict=True)) for s, r in cfg._routes.items()},
+                     cfg.sessions, cfg.coalesce_s * 1000.0, cfg.max_coalesce)
+    elif isinstance(cfg, Mapping) and "routes" in cfg and "sessions" in cfg:
+        plan = _Plan({s: [(str(a), float(r)) for a, r in b] for s, b in cfg["routes"].items()},
+                     {s: dict(v) for s, v in cfg["sessions"].items()}, float(cfg.get("coalesce_ms", 1.0)),
+                     int(cfg.get("max_coalesce", 64)))
+    else:
+        raise ValueError("routes_or_frontend_config: must be a Frontend or a dict with 'routes' and 'sessions'")
+    for s, r in rates.items():
+        if s not in plan.sessions:
+            raise ValueError(f"rates[{s!r}]: unknown session; routed sessions: {sorted(plan.sessions)}")
+        if r < 0:
+            raise ValueError(f"rates[{s!r}]: must be >= 0, got {r}")
+    gens = list(workers) if workers is not None else sorted(client.scheduler_info()["workers"])
+    if not gens:
+        raise ValueError("workers: the cluster has no workers to run load generators")
+    share = {s: float(r) / len(gens) for s, r in rates.items()}
+    futures = []
+    for k, w in enumerate(gens):
+        tr = {s: list(t)[k::len(gens)] for s, t in traces.items()} if traces else None
+        futures.append(client.submit(_generator, plan, share, float(duration_s), kind, cv, tr, seed + k,
+                                     keep_latencies, workers=[w], pure=False,
+                                     key=f"nexus-load-{uuid.uuid4().hex}-{k}"))
+    return LoadHandle(futures, float(duration_s))
