@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test demo bench lab lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml extension/package.json extension/yarn.lock
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 is a CPU wheel on this machine's disk; a bare "torch" could pull a multi-GB CUDA build.
@@ -20,6 +20,8 @@ lint: install
 	$(VENV)/bin/ruff check .
 
 test: install lint
+	# the Nexus panel's TypeScript unit tests (jest); `pip install` above already built the extension with jlpm
+	cd extension && ../$(VENV)/bin/jlpm install && ../$(VENV)/bin/jlpm test
 	$(PY) -m pytest -q -n 2 tests
 
 demo: install
@@ -32,4 +34,4 @@ lab: install
 	$(VENV)/bin/jupyter lab notebooks
 
 clean:
-	rm -rf $(VENV) build dist .pytest_cache .ruff_cache
+	rm -rf $(VENV) build dist .pytest_cache .ruff_cache extension/node_modules extension/lib nexus_lab/labextension

@@ -1,0 +1,459 @@
+"""Local improvement after the greedy squishy packing: fewer GPUs for the same sessions, every constraint kept.
+
+Pure and deterministic like the packer it follows; numpy only. No Dask, no I/O, no simulator.
+
+Three ideas, combined in ``improve`` (candidates compared by GPU count; the greedy plan is always one of them):
+
+* ``efficient_split``: whole GPUs at each session's highest-throughput batch ``b* <= B`` rather than the largest
+  feasible ``B`` (measured tables are not linear, so ``b*/l(b*)`` can beat ``B/l(B)``).
+* ``pack_least_increase``: residuals packed tightest duty cycle first, each into the GPU whose occupancy grows
+  the least; a loose session next to a tight one runs at the tight one's d and loses its batch, which the
+  paper's highest-occupancy rule does not price.
+* ``empty_gpus``: a plan routes each session by per-GPU rates, so a session's rate may be split over several
+  GPUs. GPUs are taken in increasing occupancy; every allocation on one ("the victim") is moved into the slack
+  the other GPUs have at their current duty cycles, split where no single GPU can take it whole, or the victim
+  is left exactly as it was. Receiving GPUs keep their duty cycle ``d``, so their other sessions keep their
+  batches ``b_j = ceil(r_j*d)`` and deadlines; moved rate is admitted only while the constraints of DESIGN.md
+  section 2 hold, and every changed GPU is checked again at the end.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from .plan import GpuPlan
+from .squishy import (
+    Demand,
+    Residual,
+    ceil_batch,
+    make_gpu,
+    residual_for,
+    saturated_batch,
+    unservable_reason,
+)
+
+__all__ = ["efficient_batch", "efficient_split", "empty_gpus", "improve", "pack_least_increase"]
+
+_REL = 1e-12  # float slack when comparing a latency or memory sum to its limit
+_MAX_PASSES = 8
+_PATIENCE = 48  # victims in a row that could not be emptied before a pass gives up (keeps it near-linear)
+_SMALL = 400  # residual sets up to this size are also packed loosest-first
+
+
+def improve(gpus: list[GpuPlan], demands: Sequence[Demand], memory_mb: float) -> list[GpuPlan]:
+    """Fewer (or as many) GPUs serving the same rates, every constraint kept.
+
+    ``gpus`` is a valid duty-cycle plan of ``demands`` (e.g. ``squishy_pack``'s). Candidates: ``gpus``
+    emptied by ``empty_gpus``, and the re-split of ``efficient_split`` packed by ``pack_least_increase`` then
+    emptied; the fewest GPUs wins (ties: the earlier), and a candidate that is not re-checked feasible GPU by
+    GPU, or serves different rates, is dropped. Never more GPUs than ``gpus``. Deterministic.
+
+    Examples
+    --------
+    >>> from nexus_lab.planner import demands, squishy_pack
+    >>> from nexus_lab.workload import load_workload
+    >>> wl = load_workload({"sessions": [{"model": "vgg_s", "slo_ms": 150, "rate": 2000},
+    ...                                  {"model": "vgg16", "slo_ms": 300, "rate": 90}]})
+    >>> dms = demands(wl)
+    >>> greedy, _ = squishy_pack(dms, 12288)
+    >>> len(improve(greedy, dms, 12288)) <= len(greedy)
+    True
+    """
+    if not gpus or any(g.batching != "duty-cycle" for g in gpus):
+        return list(gpus)
+    best = empty_gpus(list(gpus), demands, memory_mb)
+    by_name = {dm.session.session: dm for dm in demands}
+    split = efficient_split(demands, memory_mb)
+    if split is not None and len(by_name) == len(demands):
+        full, residuals = split
+        # Tightest duty cycle first packs sessions of similar budgets together, so a loose session's batch is
+        # not cut short by a tight neighbour's d. Loosest first (the mirror image) sometimes wins, but every
+        # merge then shrinks d and re-batches all placed residuals (quadratic): only for small residual sets.
+        orders = [lambda r: (r.duty_ms, r.index)]
+        if len(residuals) <= _SMALL:
+            orders.append(lambda r: (-r.duty_ms, r.index))
+        for order in orders:
+            alt = full + pack_least_increase(demands, sorted(residuals, key=order), memory_mb)
+            if not _same_rates(alt, gpus):
+                continue
+            alt = empty_gpus(alt, demands, memory_mb)
+            if len(alt) < len(best) and all(_gpu_ok(g, by_name, memory_mb) for g in alt):
+                best = alt
+    return best if len(best) <= len(gpus) else list(gpus)
+
+
+def _gpu_ok(gpu: GpuPlan, by_name: dict[str, Demand], memory_mb: float) -> bool:
+    """One GPU against DESIGN.md section 2: ``b_i = ceil(r_i*d) <= B_max``, ``sum_i l_i(b_i) <= d``,
+    ``d + l_i(b_i) <= L'_i``, memory."""
+    d = gpu.duty_cycle_ms
+    load = mem = 0.0
+    for a in gpu.allocations:
+        dm = by_name[a.session]
+        p = dm.profile
+        b = int(ceil_batch(a.rate, d))
+        if b > p.max_batch or a.batch != b or d + float(p.lat_ms[b]) > dm.budget_ms * (1 + 1e-9):
+            return False
+        load += float(p.lat_ms[b])
+        mem += float(p.mem_mb[b])
+    return load <= d * (1 + 1e-9) and mem <= memory_mb * (1 + 1e-9)
+
+
+def empty_gpus(gpus: list[GpuPlan], demands: Sequence[Demand], memory_mb: float) -> list[GpuPlan]:
+    """Run the emptying passes over the GPUs with room; whole GPUs of one session at occupancy 1 have none
+    (its own batch cannot grow: ``x = b/d - r0 = 0``) and are passed through untouched."""
+    full = [g for g in gpus if len(g.allocations) == 1 and g.occupancy >= 1 - 1e-9]
+    shared = [g for g in gpus if not (len(g.allocations) == 1 and g.occupancy >= 1 - 1e-9)]
+    state = _State(shared, demands, memory_mb)
+    if not state.ok:
+        return gpus
+    for _ in range(_MAX_PASSES):
+        if not state.empty_pass():
+            break
+    return full + state.result(shared)
+
+
+def _same_rates(a: Sequence[GpuPlan], b: Sequence[GpuPlan]) -> bool:
+    """Both plans give every session the same total rate (to float noise)."""
+    def totals(gpus: Sequence[GpuPlan]) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for g in gpus:
+            for al in g.allocations:
+                out[al.session] = out.get(al.session, 0.0) + al.rate
+        return out
+
+    ta, tb = totals(a), totals(b)
+    return ta.keys() == tb.keys() and all(abs(ta[k] - tb[k]) <= 1e-9 * max(1.0, tb[k]) for k in ta)
+
+
+def efficient_batch(dm: Demand, memory_mb: float) -> int:
+    """The batch ``b* <= B`` of highest throughput ``b / l(b)``; ties go to the larger batch.
+
+    Any ``b <= B`` may run back to back on a whole GPU (``d = l(b)``, so ``d + l(b) = 2*l(b) <= 2*l(B) <= L``).
+    Measured tables are not linear: on the TITAN X, vgg_s takes 32.7 ms for 32 images but 67.8 ms for 64, so
+    the paper's largest batch B is not always the cheapest per request. Returns 0 when no batch fits.
+    """
+    big = saturated_batch(dm.profile, dm.budget_ms, memory_mb)
+    if big < 1:
+        return 0
+    tput = np.arange(1, big + 1) / dm.profile.lat_ms[1:big + 1]
+    return int(big - np.argmax(tput[::-1]))
+
+
+def efficient_split(demands: Sequence[Demand], memory_mb: float) -> tuple[list[GpuPlan], list[Residual]] | None:
+    """Squishy packing with whole GPUs at each session's most efficient batch ``b*`` instead of ``B``.
+
+    Whole GPUs: ``n = floor(R / T*)`` with ``T* = b*/l(b*)``; the residual ``r = R - n*T*`` gets the paper's
+    residual batch and duty cycle (any batch up to B). When ``r`` exceeds what batch B sustains
+    (``T_B < r < T*``) it runs at ``d = l(b*)`` with ``b = ceil(r*d) <= b*``, so ``l(b) <= d`` and
+    ``d + l(b) <= 2*l(b*) <= L``. Returns the whole GPUs and the residuals (None if a residual came out
+    infeasible, which the derivation rules out).
+    """
+    full: list[GpuPlan] = []
+    residuals: list[Residual] = []
+    for i, dm in enumerate(demands):
+        s, p = dm.session, dm.profile
+        if unservable_reason(dm, memory_mb) is not None or s.rate <= 0:
+            continue
+        big = saturated_batch(p, dm.budget_ms, memory_mb)
+        best = efficient_batch(dm, memory_mb)
+        lat = float(p.lat_ms[best])
+        tput = best * 1000.0 / lat
+        n = int(np.floor(s.rate / tput + 1e-9))
+        full += [make_gpu([(dm, tput)], lat)] * n
+        r = s.rate - n * tput
+        if r <= s.rate * 1e-9:
+            continue
+        b, duty = residual_for(p, dm.budget_ms, r, big)
+        if int(ceil_batch(r, duty)) > b or float(p.lat_ms[b]) > duty * (1 + 1e-12):
+            duty = lat
+            b = int(ceil_batch(r, duty))
+        if b > big or float(p.lat_ms[b]) > duty * (1 + 1e-9) or duty + float(p.lat_ms[b]) > dm.budget_ms * (1 + 1e-9):
+            return None
+        residuals.append(Residual(i, r, b, duty, float(p.lat_ms[b])))
+    return full, residuals
+
+
+def pack_least_increase(demands: Sequence[Demand], residuals: Sequence[Residual], memory_mb: float
+                        ) -> list[GpuPlan]:
+    """Step 3 of squishy packing with another fit rule: merge each residual (in the given order) into the
+    feasible GPU whose occupancy grows the least, else open a new GPU.
+
+    Merging residual j into GPU g gives ``d' = min(d_g, d_j)`` and batches ``b_i = ceil(r_i*d')``; the GPU
+    time it costs is ``sum_i l_i(b_i)/d' - sum_i l_i(b_i^old)/d_g``: shrinking a loose GPU's duty cycle costs
+    every member efficiency, which the paper's highest-occupancy rule does not see. Feasible when
+    ``sum_i l_i(b_i) <= d'`` and memory fits (deadlines only get easier as d shrinks).
+    """
+    n = len(residuals)
+    duty, load, mem = np.empty(n), np.empty(n), np.empty(n)
+    gpu_of = np.empty(n, dtype=np.int64)
+    tables = _Tables(demands)
+    idx = np.array([r.index for r in residuals], dtype=np.int64)
+    rate = np.array([r.rate for r in residuals])
+    # A GPU with less than min l(1) of time or min mem(1) of memory left can take no residual: drop it from
+    # the candidates, so each step costs the GPUs still open rather than all of them.
+    min_lat = min((float(demands[r.index].profile.lat_ms[1]) for r in residuals), default=0.0)
+    min_mem = min((float(demands[r.index].profile.mem_mb[1]) for r in residuals), default=0.0)
+    is_open = np.zeros(n, dtype=bool)
+    cand = np.empty(0, dtype=np.int64)
+    gpus = 0
+    for k, res in enumerate(residuals):
+        dm = demands[res.index]
+        best = -1
+        if len(cand):
+            d_old = duty[cand]
+            d_new = np.minimum(d_old, res.duty_ms)
+            add_lat, add_mem = tables.lat_mem(res.index, res.rate, d_new)
+            new_load, new_mem = load[cand] + add_lat, mem[cand] + add_mem
+            shrink = d_old > res.duty_ms
+            if shrink.any():
+                # Every member of a GPU whose d shrinks re-batches at ceil(r_i * d_j).
+                lat_i, mem_i = tables.lat_mem(idx[:k], rate[:k], res.duty_ms)
+                sums = np.bincount(gpu_of[:k], weights=lat_i, minlength=gpus)[cand]
+                msums = np.bincount(gpu_of[:k], weights=mem_i, minlength=gpus)[cand]
+                new_load = np.where(shrink, sums + add_lat, new_load)
+                new_mem = np.where(shrink, msums + add_mem, new_mem)
+            ok = (new_load <= d_new * (1 + 1e-9)) & (new_mem <= memory_mb * (1 + 1e-12))
+            if ok.any():
+                growth = np.where(ok, new_load / d_new - load[cand] / d_old, np.inf)
+                j = int(np.argmin(growth))
+                best = int(cand[j])
+                duty[best], load[best], mem[best] = d_new[j], new_load[j], new_mem[j]
+        if best < 0:
+            best = gpus
+            gpus += 1
+            duty[best], load[best] = res.duty_ms, res.latency_ms
+            mem[best] = float(dm.profile.mem_mb[res.batch])
+            is_open[best] = True
+            cand = np.nonzero(is_open[:gpus])[0]
+        if duty[best] - load[best] < min_lat or memory_mb - mem[best] < min_mem:
+            is_open[best] = False
+            cand = np.nonzero(is_open[:gpus])[0]
+        gpu_of[k] = best
+    out: list[GpuPlan] = []
+    for g in range(gpus):
+        (members,) = np.nonzero(gpu_of[:n] == g)
+        out.append(make_gpu([(demands[int(idx[k])], float(rate[k])) for k in members], float(duty[g])))
+    return out
+
+
+class _Tables:
+    """``l_i(b)`` and ``mem_i(b)`` of every demand's profile as one padded 2-D table (rows per profile)."""
+
+    def __init__(self, demands: Sequence[Demand]):
+        rows: dict[int, int] = {}
+        profiles = []
+        self.row = np.empty(len(demands), dtype=np.int64)
+        for i, dm in enumerate(demands):
+            key = id(dm.profile)
+            if key not in rows:
+                rows[key] = len(profiles)
+                profiles.append(dm.profile)
+            self.row[i] = rows[key]
+        width = max((p.max_batch for p in profiles), default=1) + 2  # column B_max + 1 is always inf
+        self.lat = np.full((len(profiles), width), np.inf)
+        self.mem = np.full((len(profiles), width), np.inf)
+        self.max_b = np.array([p.max_batch for p in profiles], dtype=np.int64)
+        for k, p in enumerate(profiles):
+            self.lat[k, :p.max_batch + 1] = p.lat_ms
+            self.mem[k, :p.max_batch + 1] = p.mem_mb
+
+    def lat_mem(self, demand: np.ndarray | int, rate: np.ndarray | float, duty: np.ndarray | float
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """``l_i(b)`` and ``mem_i(b)`` at ``b = ceil(r*d)``; a batch beyond B_max reads as infinite."""
+        m = self.row[demand]
+        b = np.minimum(ceil_batch(rate, duty), self.max_b[m] + 1)
+        return self.lat[m, b], self.mem[m, b]
+
+
+class _State:
+    """The working plan: per GPU its duty cycle ``d``, members {demand index: rate}, summed ``l(b)`` and memory.
+
+    Per-GPU sums live in flat arrays so the room every GPU has for one session is computed in a few numpy ops.
+    """
+
+    def __init__(self, gpus: Sequence[GpuPlan], demands: Sequence[Demand], memory_mb: float):
+        self.demands = demands
+        self.memory_mb = memory_mb
+        index = {dm.session.session: i for i, dm in enumerate(demands)}
+        self.ok = len(index) == len(demands)
+        n = len(gpus)
+        self.duty = np.array([g.duty_cycle_ms for g in gpus], dtype=np.float64)
+        self.load = np.zeros(n)
+        self.mem = np.zeros(n)
+        self.alive = np.ones(n, dtype=bool)
+        self.touched = np.zeros(n, dtype=bool)
+        # GPU -> its (load, memory, members, touched) before the current attempt, for undo.
+        self.journal: dict[int, tuple[float, float, dict[int, float], bool]] | None = None
+        self.members: list[dict[int, float]] = []
+        # where[i]: GPU -> rate of demand i there (a session may be split over several GPUs).
+        self.where: dict[int, dict[int, float]] = {}
+        for g, gp in enumerate(gpus):
+            m: dict[int, float] = {}
+            for a in gp.allocations:
+                i = index.get(a.session)
+                if i is None or i in m:
+                    self.ok = False
+                    return
+                m[i] = a.rate
+                self.where.setdefault(i, {})[g] = a.rate
+            self.members.append(m)
+            self.load[g], self.mem[g] = self._sums(m, gp.duty_cycle_ms)
+
+    # ------------------------------------------------------------------ per-GPU arithmetic
+    def _batch(self, i: int, rate: float, duty: float) -> int:
+        """``b = ceil(r*d)``: the requests of one duty cycle (0 when the session is absent)."""
+        if rate <= 0:
+            return 0
+        # Same rounding as squishy.ceil_batch (robust to float noise), on scalars.
+        return max(math.ceil(rate * duty / 1000.0 - 1e-7), 1)
+
+    def _sums(self, members: dict[int, float], duty: float) -> tuple[float, float]:
+        load = mem = 0.0
+        for i, r in members.items():
+            p = self.demands[i].profile
+            b = min(self._batch(i, r, duty), p.max_batch)
+            load += float(p.lat_ms[b])
+            mem += float(p.mem_mb[b])
+        return load, mem
+
+    def _feasible(self, g: int) -> bool:
+        """Every constraint of one GPU, recomputed from its members: ``sum l_i(b_i) <= d``, ``d + l_i(b_i) <= L'_i``,
+        ``b_i = ceil(r_i*d) <= B_max``, memory."""
+        d = float(self.duty[g])
+        load = mem = 0.0
+        for i, r in self.members[g].items():
+            dm = self.demands[i]
+            p = dm.profile
+            b = self._batch(i, r, d)
+            if b > p.max_batch or d + float(p.lat_ms[b]) > dm.budget_ms * (1 + 1e-9):
+                return False
+            load += float(p.lat_ms[b])
+            mem += float(p.mem_mb[b])
+        return load <= d * (1 + 1e-9) and mem <= self.memory_mb * (1 + 1e-9)
+
+    def room(self, i: int, exclude: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per GPU, the largest rate of demand i it can take on top of what it has, at its own duty cycle.
+
+        With d fixed, the other members' batches do not move; i's batch becomes ``b = ceil((r0 + x)*d)``, so
+        the most it may reach is the largest b with
+          ``l_i(b) <= d - load + l_i(b0)``   (sum of batch latencies stays within d),
+          ``l_i(b) <= L'_i - d``             (a request waits one duty cycle, then runs),
+          ``mem_i(b) <= M - mem + mem_i(b0)`` (memory),
+        and b requests per duty cycle serve ``x = b/d - r0``. Returns (x per GPU, b0 per GPU).
+        """
+        dm = self.demands[i]
+        p = dm.profile
+        d = self.duty
+        b0 = np.zeros(len(d), dtype=np.int64)
+        r0 = np.zeros(len(d))
+        for g, r in self.where.get(i, {}).items():
+            b0[g] = min(self._batch(i, r, float(d[g])), p.max_batch)
+            r0[g] = r
+        lat, mem = p.lat_ms[1:], p.mem_mb[1:]
+        slack = (d - self.load + p.lat_ms[b0]) * (1 + _REL)
+        b = np.searchsorted(lat, slack, side="right")
+        b = np.minimum(b, np.searchsorted(lat, (dm.budget_ms - d) * (1 + _REL), side="right"))
+        b = np.minimum(b, np.searchsorted(mem, (self.memory_mb - self.mem + p.mem_mb[b0]) * (1 + _REL),
+                                          side="right"))
+        x = np.maximum(b * 1000.0 / d - r0, 0.0)
+        x[~self.alive] = 0.0
+        x[exclude] = 0.0
+        return x, b0
+
+    # ------------------------------------------------------------------ moves
+    def _add(self, g: int, i: int, x: float) -> None:
+        if self.journal is not None and g not in self.journal:
+            self.journal[g] = (float(self.load[g]), float(self.mem[g]), dict(self.members[g]), bool(self.touched[g]))
+        p = self.demands[i].profile
+        d = float(self.duty[g])
+        r0 = self.members[g].get(i, 0.0)
+        b0 = min(self._batch(i, r0, d), p.max_batch)
+        b1 = min(self._batch(i, r0 + x, d), p.max_batch)
+        self.load[g] += float(p.lat_ms[b1] - p.lat_ms[b0])
+        self.mem[g] += float(p.mem_mb[b1] - p.mem_mb[b0])
+        self.members[g][i] = r0 + x
+        self.where.setdefault(i, {})[g] = r0 + x
+        self.touched[g] = True
+
+    def _place(self, i: int, rate: float, victim: int) -> bool:
+        """Move ``rate`` of demand i into the other GPUs: whole into the best fit when one GPU has room for it
+        (the highest occupancy after the move), else the largest room first, split, until all is placed."""
+        p = self.demands[i].profile
+        x, b0 = self.room(i, victim)
+        left = rate
+        while left > rate * 1e-12:
+            fits = x >= left * (1 - 1e-12)
+            if fits.any():
+                d = self.duty
+                r0 = np.zeros(len(d))
+                for g, r in self.where.get(i, {}).items():
+                    r0[g] = r
+                b1 = np.minimum(ceil_batch(r0 + left, d), p.max_batch)
+                occ = np.where(fits, (self.load - p.lat_ms[b0] + p.lat_ms[b1]) / d, -np.inf)
+                g = int(np.argmax(occ))
+                self._add(g, i, left)  # left <= x[g] to 1e-12, far inside ceil_batch's 1e-7 rounding
+                return True
+            g = int(np.argmax(x))
+            if x[g] <= 0:
+                return False
+            self._add(g, i, float(x[g]))
+            left -= float(x[g])
+            x[g] = 0.0
+        return True
+
+    def _try_empty(self, victim: int) -> bool:
+        """Move every allocation of ``victim`` elsewhere, or undo everything and leave it as it was."""
+        self.journal = {}
+        where_saved = {i: dict(self.where.get(i, {})) for i in self.members[victim]}
+        # Largest batch latency first: the hardest allocation to place fails the attempt early.
+        d = float(self.duty[victim])
+        order = sorted(self.members[victim].items(), key=lambda it: (
+            -float(self.demands[it[0]].profile.lat_ms[min(self._batch(it[0], it[1], d),
+                                                          self.demands[it[0]].profile.max_batch)]), it[0]))
+        self.alive[victim] = False
+        ok = all(self._place(i, r, victim) for i, r in order)
+        journal, self.journal = self.journal, None
+        if ok:
+            for i in self.members[victim]:
+                self.where[i].pop(victim, None)
+            self.members[victim] = {}
+            self.load[victim] = self.mem[victim] = 0.0
+            return True
+        self.alive[victim] = True
+        for g, (load, mem, members, touched) in journal.items():
+            self.load[g], self.mem[g], self.members[g], self.touched[g] = load, mem, members, touched
+        # Only the victim's sessions were added anywhere, so their GPU maps are all that moved.
+        self.where.update(where_saved)
+        return False
+
+    def empty_pass(self) -> bool:
+        """One sweep over the GPUs in increasing occupancy; True when at least one was emptied."""
+        live = np.nonzero(self.alive)[0]
+        occ = self.load[live] / self.duty[live]
+        emptied, misses = False, 0
+        for g in live[np.lexsort((live, occ))].tolist():
+            if misses >= _PATIENCE or len(live) < 2:
+                break
+            if self.members[g] and self._try_empty(g):
+                emptied, misses = True, 0
+            else:
+                misses += 1
+        return emptied
+
+    def result(self, original: Sequence[GpuPlan]) -> list[GpuPlan]:
+        out: list[GpuPlan] = []
+        for g, gp in enumerate(original):
+            if not self.alive[g]:
+                continue
+            if not self.touched[g]:
+                out.append(gp)
+                continue
+            if not self._feasible(g):
+                return list(original)  # never expected: the moves admit only feasible rates
+            # Members keep their order: the GPU's own allocations first, then those moved in.
+            out.append(make_gpu([(self.demands[i], r) for i, r in self.members[g].items()], float(self.duty[g]),
+                                gp.id))
+        return out

@@ -1,0 +1,179 @@
+"""Real-browser test of the Nexus side panel: JupyterLab started here, Debian Chromium driven by Playwright.
+
+A controller runs in a notebook kernel and registers itself; the panel must list it, move its GPU bars, re-plan on
+request and say when it closes. Screenshots go to artifacts/screenshots/. Skipped only without /usr/bin/chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from panel_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, LabServer, write_notebook
+
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} absent")]
+
+SHOTS = REPO / "artifacts" / "screenshots"
+
+
+def _controller_cells() -> list[str]:
+    """The moving fake controller (real ``state()`` shape, registered through ``nexus_lab.lab``), then its close."""
+    return ["from panel_helpers import MovingFakeController\nctl = MovingFakeController(gpus=2).attach('fake-nexus')",
+            "ctl.close()"]
+
+
+@pytest.fixture
+def lab(tmp_path: Path):
+    server = LabServer(tmp_path)
+    server.notebooks.mkdir(parents=True)
+    write_notebook(server.notebooks / "panel.ipynb", _controller_cells())
+    server.start()
+    yield server
+    server.stop()
+
+
+def _run_cell(page, index: int) -> None:
+    cell = page.locator(".jp-Notebook .jp-Cell").nth(index)
+    cell.locator(".cm-content").click()
+    page.keyboard.press("Shift+Enter")
+    # the prompt shows a number once the cell ran ("[*]" while it runs)
+    cell.locator(".jp-InputPrompt").filter(has_text=re.compile(r"\[\d+\]")).wait_for(timeout=60_000)
+
+
+def _utilizations(page) -> list[float]:
+    return [float(v) for v in page.locator(".jp-NexusPanel-barTrack").evaluate_all(
+        "els => els.map(e => e.getAttribute('aria-valuenow'))")]
+
+
+def _plan_age_s(page) -> float:
+    text = page.locator('.jp-NexusPanel-summary dd[data-field="Plan age"]').inner_text()
+    m = re.match(r"(\d+) s", text)
+    assert m, f"plan age {text!r}"
+    return float(m.group(1))
+
+
+def test_panel_lists_controller_moves_replans_and_sees_close(lab):
+    from playwright.sync_api import expect, sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{lab.url}/lab/tree/panel.ipynb?token={lab.token}")
+            expect(page.locator("#jp-main-statusbar")).to_contain_text("| Idle", timeout=90_000)
+
+            # before any controller: the panel says so rather than showing nothing
+            page.locator('.jp-SideBar .lm-TabBar-tab[data-id="nexus-lab-panel"]').click()
+            panel = page.locator("#nexus-lab-panel")
+            expect(panel.locator(".jp-NexusPanel-message")).to_contain_text("No controller is running")
+
+            _run_cell(page, 0)
+            expect(panel.locator(".jp-NexusPanel-select option")).to_have_count(1, timeout=15_000)
+            expect(panel.locator(".jp-NexusPanel-select option").first).to_contain_text("fake-nexus")
+            expect(panel.locator(".jp-NexusPanel-bar")).to_have_count(2, timeout=15_000)
+            expect(panel.locator(".jp-NexusPanel-sessions tbody tr").first).to_be_visible()
+            page.screenshot(path=str(SHOTS / "panel-live.png"))
+
+            # usable at 300 px: drag the sidebar to 300 px; the session table must not need a horizontal scroll
+            handle = page.locator("#jp-main-split-panel > .lm-SplitPanel-handle").first
+            box, left = handle.bounding_box(), panel.bounding_box()
+            page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+            page.mouse.down()
+            page.mouse.move(left["x"] + 300, box["y"] + box["height"] / 2, steps=5)
+            page.mouse.up()
+            page.wait_for_timeout(500)
+            assert abs(panel.bounding_box()["width"] - 300) <= 8, panel.bounding_box()
+            overflow = panel.locator(".jp-NexusPanel-scroll").evaluate("n => n.scrollWidth - n.clientWidth")
+            assert overflow <= 0, f"session table overflows the 300 px panel by {overflow} px"
+            panel.screenshot(path=str(SHOTS / "panel-only.png"))
+
+            # one bar per GPU, and their values move with the 1 s polling
+            first = _utilizations(page)
+            deadline = time.monotonic() + 10
+            while _utilizations(page) == first and time.monotonic() < deadline:
+                page.wait_for_timeout(300)
+            assert _utilizations(page) != first, "GPU utilization bars did not move"
+            assert all(0.0 <= u <= 1.0 for u in _utilizations(page))
+
+            # re-plan now: the plan age resets
+            deadline = time.monotonic() + 15
+            while _plan_age_s(page) < 3 and time.monotonic() < deadline:
+                page.wait_for_timeout(300)
+            before = _plan_age_s(page)
+            assert before >= 3
+            panel.locator('button[data-action="replan"]').click()
+            deadline = time.monotonic() + 5
+            while _plan_age_s(page) >= before and time.monotonic() < deadline:
+                page.wait_for_timeout(200)
+            assert _plan_age_s(page) < min(before, 2.0), "plan age did not reset after re-plan"
+
+            # pause and resume through the palette commands (the same ones the buttons call)
+            page.evaluate("window.jupyterapp.commands.execute('nexus-lab:pause')")
+            expect(panel.locator('button[data-action="resume"]')).to_be_visible(timeout=5_000)
+            expect(panel.locator('.jp-NexusPanel-summary dd[data-field="Plan age"]')).to_contain_text("paused")
+            page.evaluate("window.jupyterapp.commands.execute('nexus-lab:resume')")
+            expect(panel.locator('button[data-action="pause"]')).to_be_visible(timeout=5_000)
+
+            # open the dashboard: a console on the controller's kernel runs nexus_lab.lab.show_dashboard("<id>")
+            cid = panel.locator(".jp-NexusPanel-select").input_value()
+            panel.locator('button[data-action="dashboard"]').click()
+            console = page.locator(".jp-CodeConsole")
+            expect(console).to_be_visible(timeout=30_000)
+            expect(console.locator(".jp-CodeConsole-content")).to_contain_text(f'show_dashboard("{cid}")',
+                                                                                timeout=30_000)
+            sessions = json.loads(urllib.request.urlopen(f"{lab.url}/api/sessions?token={lab.token}").read())
+            controllers = json.loads(urllib.request.urlopen(
+                f"{lab.url}/nexus/api/controllers?token={lab.token}").read())["controllers"]
+            kernel_id = controllers[0]["kernel_id"]
+            assert kernel_id is not None
+            assert {s["type"] for s in sessions if s["kernel"]["id"] == kernel_id} == {"notebook", "console"}
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(SHOTS / "panel-dashboard.png"))
+
+            # dark theme: the panel follows it (theme variables only)
+            page.evaluate("window.jupyterapp.commands.execute('apputils:change-theme', {theme: 'JupyterLab Dark'})")
+            page.wait_for_timeout(1500)
+            panel.screenshot(path=str(SHOTS / "panel-dark.png"))
+
+            # polling pauses while the panel is hidden and resumes when it is shown again
+            polls: list[str] = []
+            page.on("request", lambda r: polls.append(r.url) if "/nexus/api/" in r.url else None)
+            tab = page.locator('.jp-SideBar .lm-TabBar-tab[data-id="nexus-lab-panel"]')
+            tab.click()
+            expect(panel).to_be_hidden()
+            page.wait_for_timeout(1500)
+            polls.clear()
+            page.wait_for_timeout(2500)
+            assert polls == [], f"the hidden panel still polled: {polls}"
+            tab.click()
+            expect(panel).to_be_visible()
+            page.wait_for_timeout(1500)
+            assert polls, "the panel did not poll again once shown"
+
+            # close the controller: the panel says so
+            _run_cell(page, 1)
+            expect(panel.locator(".jp-NexusPanel-message")).to_contain_text("closed", timeout=10_000)
+            expect(panel.locator(".jp-NexusPanel-bar")).to_have_count(0)
+            page.screenshot(path=str(SHOTS / "panel-closed.png"))
+
+            # a kernel that dies without closing its controller: the panel says the controller is gone
+            _run_cell(page, 0)
+            expect(panel.locator(".jp-NexusPanel-bar")).to_have_count(2, timeout=30_000)
+            live = json.loads(urllib.request.urlopen(f"{lab.url}/nexus/api/controllers?token={lab.token}").read())
+            os.kill(live["controllers"][0]["pid"], signal.SIGKILL)
+            expect(panel.locator(".jp-NexusPanel-message")).to_contain_text("Controller gone", timeout=15_000)
+            expect(panel.locator(".jp-NexusPanel-select option").first).to_contain_text("gone")
+            expect(panel.locator(".jp-NexusPanel-bar")).to_have_count(0)
+            panel.screenshot(path=str(SHOTS / "panel-kernel-dead.png"))
+        finally:
+            browser.close()

@@ -1,0 +1,157 @@
+"""Tests of the Nexus panel's REST handlers under a real jupyter_server (pytest-jupyter's ``jp_fetch``).
+
+A fake controller registered through ``nexus_lab.lab.registry`` stands in for the controller; no Dask.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+from jupyter_core.paths import jupyter_runtime_dir
+from tornado.httpclient import HTTPClientError
+
+from nexus_lab.lab import handlers, registry
+
+pytest_plugins = ["pytest_jupyter.jupyter_server"]
+
+
+@pytest.fixture
+def jp_server_config():
+    return {"ServerApp": {"jpserver_extensions": {"nexus_lab.lab": True}}}
+
+
+class FakeController:
+    def __init__(self, gpus: int = 2) -> None:
+        self.gpus, self.replans, self.paused = gpus, 0, False
+
+    def state(self) -> dict:
+        return {"cluster": {"workers": self.gpus, "version": self.replans, "paused": self.paused},
+                "gpus": [{"gpu": i, "utilization": 0.25 * i} for i in range(self.gpus)], "sessions": [],
+                "queries": []}
+
+    def replan_now(self) -> None:
+        self.replans += 1
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+
+@pytest.fixture
+def controller(jp_serverapp):
+    ctl = FakeController(gpus=4)
+    reg = registry.register(ctl, name="fake", runtime_dir=jupyter_runtime_dir())
+    yield ctl, reg
+    reg.close()
+
+
+async def _json_error(jp_fetch, *parts, **kw) -> tuple[int, dict]:
+    with pytest.raises(HTTPClientError) as info:
+        await jp_fetch(*parts, **kw)
+    return info.value.code, json.loads(info.value.response.body)
+
+
+async def test_list_hides_port_and_token(jp_fetch, controller):
+    _ctl, reg = controller
+    r = await jp_fetch("nexus", "api", "controllers")
+    body = json.loads(r.body)
+    assert [c["id"] for c in body["controllers"]] == [reg.id]
+    c = body["controllers"][0]
+    assert c["name"] == "fake" and c["alive"] is True and c["pid"] == os.getpid()
+    assert "token" not in c and "port" not in c
+
+
+async def test_state_and_actions(jp_fetch, controller):
+    ctl, reg = controller
+    r = await jp_fetch("nexus", "api", "controllers", reg.id, "state")
+    assert len(json.loads(r.body)["gpus"]) == 4
+    for action in ("replan", "pause"):
+        r = await jp_fetch("nexus", "api", "controllers", reg.id, action, method="POST", body=b"")
+        assert json.loads(r.body) == {"ok": True, "action": action}
+    assert ctl.replans == 1 and ctl.paused
+    await jp_fetch("nexus", "api", "controllers", reg.id, "resume", method="POST", body=b"")
+    assert not ctl.paused
+
+
+async def test_state_change_needs_post(jp_fetch, controller):
+    _, reg = controller
+    code, _ = await _json_error(jp_fetch, "nexus", "api", "controllers", reg.id, "replan")
+    assert code == 405
+
+
+@pytest.mark.parametrize("auth", [None, "token wrong-token"])
+async def test_403_without_valid_token(jp_fetch, controller, auth):
+    ctl, reg = controller
+    headers = {"Authorization": auth or ""}
+    for parts, kw in [(("nexus", "api", "controllers"), {}),
+                      (("nexus", "api", "controllers", reg.id, "state"), {}),
+                      (("nexus", "api", "controllers", reg.id, "replan"), {"method": "POST", "body": b""})]:
+        with pytest.raises(HTTPClientError) as info:
+            await jp_fetch(*parts, headers=dict(headers), **kw)
+        assert info.value.code == 403
+    assert ctl.replans == 0
+
+
+async def test_unknown_controller_404(jp_fetch, jp_serverapp):
+    code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", "00000000deadbeef", "state")
+    assert code == 404 and body["error"] == "unknown-controller" and "00000000deadbeef" in body["message"]
+
+
+async def test_dead_controller_410_and_listed_as_gone(jp_fetch, jp_serverapp):
+    pid = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                             text=True).stdout)
+    d = registry.registry_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "0123456789abcdef.json"
+    path.write_text(json.dumps({"id": "0123456789abcdef", "name": "dead", "pid": pid, "port": 9, "token": "t",
+                                "created": time.time()}))
+    code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", "0123456789abcdef", "state")
+    assert code == 410 and body["error"] == "controller-gone" and "exited" in body["message"]
+    assert not path.exists()
+    r = await jp_fetch("nexus", "api", "controllers")
+    gone = json.loads(r.body)["controllers"]
+    assert [(c["name"], c["alive"]) for c in gone] == [("dead", False)]
+    code, _ = await _json_error(jp_fetch, "nexus", "api", "controllers", "0123456789abcdef", "replan", method="POST",
+                                body=b"")
+    assert code == 410
+
+
+async def test_closed_controller_404(jp_fetch, controller):
+    _, reg = controller
+    reg.close()
+    code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", reg.id, "state")
+    assert code == 404 and body["error"] == "unknown-controller"
+
+
+async def test_unanswering_controller_502_not_hang(jp_fetch, jp_serverapp, monkeypatch):
+    monkeypatch.setattr(handlers, "REQUEST_TIMEOUT_S", 0.5)
+    with socket.socket() as s:  # listens but never answers: a wedged kernel
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+        d = registry.registry_dir()
+        d.mkdir(parents=True, exist_ok=True)
+        (d / "abcdef0123456789.json").write_text(json.dumps({
+            "id": "abcdef0123456789", "name": "wedged", "pid": os.getpid(), "port": s.getsockname()[1],
+            "token": "t", "created": time.time()}))
+        t0 = time.monotonic()
+        code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", "abcdef0123456789", "state")
+        assert code == 502 and body["error"] == "controller-unreachable" and "wedged" in body["message"]
+        assert time.monotonic() - t0 < 5
+
+
+async def test_controller_exception_is_reported(jp_fetch, jp_serverapp):
+    class Broken(FakeController):
+        def state(self) -> dict:
+            raise RuntimeError("scheduler lost")
+
+    with registry.register(Broken(), runtime_dir=jupyter_runtime_dir()) as reg:
+        code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", reg.id, "state")
+    assert code == 500 and "scheduler lost" in body["message"]

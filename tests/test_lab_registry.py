@@ -1,0 +1,184 @@
+"""Tests of controller self-registration for the Nexus panel: 0600 files, loopback-only servers, stale pids.
+
+Uses a small fake controller with the panel's interface; no Dask, no Jupyter server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from nexus_lab.lab import registry
+
+
+class FakeController:
+    def __init__(self, gpus: int = 2) -> None:
+        self.gpus = gpus
+        self.replans = 0
+        self.paused = False
+
+    def state(self) -> dict:
+        return {"cluster": {"workers": self.gpus, "paused": self.paused, "version": self.replans,
+                            "nan": float("nan")},
+                "gpus": [{"gpu": i, "utilization": 0.5} for i in range(self.gpus)], "sessions": [], "queries": []}
+
+    def replan_now(self) -> None:
+        self.replans += 1
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+
+
+def _req(reg: registry.Registration, path: str, method: str = "GET", token: str | None = None) -> tuple[int, dict]:
+    req = urllib.request.Request(f"http://127.0.0.1:{reg.port}{path}", method=method,
+                                 data=b"" if method == "POST" else None,
+                                 headers={"Authorization": f"Bearer {token or reg.token}"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_register_writes_0600_file_and_close_removes_it(tmp_path):
+    ctl = FakeController()
+    reg = registry.register(ctl, name="demo", runtime_dir=tmp_path)
+    try:
+        assert reg.path.parent == tmp_path / "nexus-lab"
+        assert stat.S_IMODE(reg.path.stat().st_mode) == 0o600
+        data = json.loads(reg.path.read_text())
+        assert data["id"] == reg.id and data["name"] == "demo" and data["pid"] == os.getpid()
+        assert data["host"] == "127.0.0.1" and data["port"] == reg.port and data["token"] == reg.token
+        assert data["kernel_id"] is None  # not inside a kernel
+        assert [r["id"] for r in registry.list_registrations(tmp_path)] == [reg.id]
+        assert registry.live_controller(reg.id) is ctl
+    finally:
+        reg.close()
+    assert not reg.path.exists()
+    assert registry.list_registrations(tmp_path) == []
+    with pytest.raises(KeyError, match="controller_id"):
+        registry.live_controller(reg.id)
+    reg.close()  # idempotent
+
+
+def test_server_bound_to_loopback_only(tmp_path):
+    with registry.register(FakeController(), runtime_dir=tmp_path) as reg:
+        assert reg._server.server_address[0] == "127.0.0.1"
+        assert reg.host == "127.0.0.1"
+
+
+def test_server_serves_state_and_actions_with_token(tmp_path):
+    ctl = FakeController(gpus=3)
+    with registry.register(ctl, runtime_dir=tmp_path) as reg:
+        code, body = _req(reg, "/state")
+        assert code == 200 and len(body["gpus"]) == 3
+        assert body["cluster"]["nan"] is None  # strict JSON
+        assert _req(reg, "/replan", "POST") == (200, {"ok": True, "action": "replan"})
+        assert ctl.replans == 1
+        _req(reg, "/pause", "POST")
+        assert ctl.paused
+        _req(reg, "/resume", "POST")
+        assert not ctl.paused
+        assert _req(reg, "/state", token="wrong")[0] == 403
+        assert _req(reg, "/replan", "POST", token="wrong")[0] == 403
+        assert ctl.replans == 1
+        assert _req(reg, "/delete", "POST")[0] == 404
+
+
+def test_controller_error_is_json_500(tmp_path):
+    class Broken(FakeController):
+        def state(self) -> dict:
+            raise RuntimeError("scheduler lost")
+
+    with registry.register(Broken(), runtime_dir=tmp_path) as reg:
+        code, body = _req(reg, "/state")
+        assert code == 500 and "scheduler lost" in body["message"]
+
+
+def test_stale_pid_is_ignored_and_cleaned(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    d = tmp_path / "nexus-lab"
+    d.mkdir()
+    stale = d / "0123456789abcdef.json"
+    stale.write_text(json.dumps({"id": "0123456789abcdef", "name": "old", "pid": dead_pid, "port": 1, "token": "x",
+                                 "created": 0.0}))
+    assert not registry.pid_alive(dead_pid)
+    assert registry.list_registrations(tmp_path, clean=False) == []
+    assert stale.exists()
+    assert registry.list_registrations(tmp_path) == []
+    assert not stale.exists()
+    # listed as gone for a while, so the panel can say the kernel died; then forgotten
+    assert [r["name"] for r in registry.list_gone(tmp_path)] == ["old"]
+    assert registry.find_registration("0123456789abcdef", tmp_path)["pid"] == dead_pid
+    assert registry.list_gone(tmp_path, now=time.time() + registry.GONE_KEEP_S + 1) == []
+    assert registry.find_registration("0123456789abcdef", tmp_path) is None
+
+
+def test_malformed_files_are_skipped(tmp_path):
+    d = tmp_path / "nexus-lab"
+    d.mkdir()
+    (d / "abcdefabcdef0000.json").write_text("{half")
+    (d / "zzzz.json").write_text(json.dumps({"id": "../../etc", "pid": os.getpid(), "port": 1, "token": "t"}))
+    assert registry.list_registrations(tmp_path) == []
+    assert registry.find_registration("../../etc", tmp_path) is None
+
+
+def test_unregister_and_bad_controller(tmp_path):
+    ctl = FakeController()
+    reg = registry.register(ctl, runtime_dir=tmp_path)
+    assert registry.unregister(ctl) == 1 and reg.closed and not reg.path.exists()
+    with pytest.raises(TypeError, match="controller: must have a callable state"):
+        registry.register(object(), runtime_dir=tmp_path)
+
+
+def test_atexit_removes_file_in_a_child_process(tmp_path):
+    code = (
+        f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_lab_registry import FakeController\n"
+        "from nexus_lab.lab import registry\n"
+        f"r = registry.register(FakeController(), runtime_dir={str(tmp_path)!r})\n"
+        "print(r.path, flush=True)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    path = out.stdout.strip()
+    assert path.endswith(".json") and not os.path.exists(path)
+
+
+def test_show_dashboard_names_unknown_controller():
+    import nexus_lab.lab
+
+    with pytest.raises(KeyError, match="controller_id: no live controller"):
+        nexus_lab.lab.show_dashboard("ffffffffffffffff")
+
+
+def test_extension_points_name_this_package():
+    import nexus_lab.lab
+
+    assert nexus_lab.lab._jupyter_server_extension_points() == [{"module": "nexus_lab.lab"}]
+    (ext,) = nexus_lab.lab._jupyter_labextension_paths()
+    src = os.path.normpath(os.path.join(os.path.dirname(nexus_lab.lab.__file__), ext["src"]))
+    assert src == os.path.join(os.path.dirname(os.path.dirname(nexus_lab.lab.__file__)), "labextension")
+    assert ext["dest"] == json.loads((Path(__file__).parents[1] / "extension" / "package.json").read_text())["name"]
+
+
+def test_panel_benchmark_measures_the_kernel_side():
+    from nexus_lab.bench.panel import run
+
+    out = run(duration_s=2.0, rate_hz=2.0)
+    assert out["requests"] == 4 and out["gpus"] == 64 and out["sessions"] == 100
+    assert 0.0 < out["kernel_cpu_fraction"] < 1.0 and out["state_bytes"] > 10_000
+    with pytest.raises(ValueError, match="rate_hz"):
+        run(duration_s=1.0, rate_hz=0.0)
