@@ -60,8 +60,8 @@ def residual_for(profile: ModelProfile, budget_ms: float, rate: float, max_b: in
     run: take the largest b with ``(b-1)/r + l(b) <= L``. Then ``d = min(L - l(b), b/r)``.
     """
     bs = np.arange(1, max_b + 1)
-    with np.errstate(over="ignore"):  # a vanishing rate waits forever: inf is the right answer
-        wait = (bs - 1) * (1000.0 / rate) + profile.lat_ms[1:max_b + 1]
+    with np.errstate(over="ignore"):  # a vanishing rate waits forever: inf is the right answer (0/r stays 0)
+        wait = (bs - 1) / rate * 1000.0 + profile.lat_ms[1:max_b + 1]
     b = max(int(np.searchsorted(wait, budget_ms * (1 + 1e-12), side="right")), 1)
     lat = float(profile.lat_ms[b])
     duty = min(budget_ms - lat, b * 1000.0 / rate)
@@ -185,9 +185,10 @@ class _Bins:
         if shrink.any():
             # Case d_g > d_res: every batch on g shrinks to ceil(r_i * d_res); recompute the sums.
             k = self.items
-            lat_i, mem_i = self._lat_mem(self.item_demand[:k], self.item_rate[:k], res.duty_ms)
-            sums = np.bincount(self.item_gpu[:k], weights=lat_i, minlength=g)
-            msum = np.bincount(self.item_gpu[:k], weights=mem_i, minlength=g)
+            on = np.flatnonzero(shrink[self.item_gpu[:k]])  # only items on GPUs whose batches shrink
+            lat_i, mem_i = self._lat_mem(self.item_demand[on], self.item_rate[on], res.duty_ms)
+            sums = np.bincount(self.item_gpu[on], weights=lat_i, minlength=g)
+            msum = np.bincount(self.item_gpu[on], weights=mem_i, minlength=g)
             load = np.where(shrink, sums + add_lat, load)
             mem = np.where(shrink, msum + add_mem, mem)
         # Deadlines need no check: shrinking d shrinks every batch, and d + l(b) only falls.
