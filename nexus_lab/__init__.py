@@ -8,4 +8,14 @@ from .workload import Workload, WorkloadError, load_workload
 
 __version__ = "0.1.0"
 
-__all__ = ["Plan", "Workload", "WorkloadError", "__version__", "load_workload", "plan_workload", "validate"]
+__all__ = ["Controller", "Plan", "Workload", "WorkloadError", "__version__", "load_workload", "plan_workload", "start",
+           "validate"]
+
+
+def __getattr__(name: str):
+    """``nexus_lab.start`` and ``nexus_lab.Controller`` load the controller (and Dask) on first use only."""
+    if name in ("start", "Controller"):
+        from . import controller
+
+        return getattr(controller, name)
+    raise AttributeError(f"module 'nexus_lab' has no attribute {name!r}")

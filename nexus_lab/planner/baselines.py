@@ -114,7 +114,7 @@ def _deploy_oblivious(demands: Sequence[Demand], members: list, memory_mb: float
     gpus: list[list] = []
     for res in members:
         for group in gpus:
-            cand = group + [res]
+            cand = [*group, res]
             g = make_gpu([(demands[r.index], r.rate) for r in cand], min(r.duty_ms for r in cand))
             if g.occupancy <= 1.0 + 1e-9 and g.memory_mb <= memory_mb * (1 + 1e-12):
                 group.append(res)

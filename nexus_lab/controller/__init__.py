@@ -1,0 +1,25 @@
+"""The notebook-side controller: workload edits, planning, the epoch loop and applying plans to a Dask cluster.
+
+Sits above the planner and the runtime; nothing below imports it, and it never imports widgets.
+"""
+
+from .cluster import MALLOC_TRIM_THRESHOLD, start
+from .core import ApplyError, Controller
+from .edits import WorkloadEditor
+from .placement import Transition, assign_gpus, routes_for, transition, worker_gpus
+from .rates import RateMonitor, moved
+
+__all__ = [
+    "MALLOC_TRIM_THRESHOLD",
+    "ApplyError",
+    "Controller",
+    "RateMonitor",
+    "Transition",
+    "WorkloadEditor",
+    "assign_gpus",
+    "moved",
+    "routes_for",
+    "start",
+    "transition",
+    "worker_gpus",
+]

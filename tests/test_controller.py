@@ -1,0 +1,308 @@
+"""Controller tests: the pure parts (edits, GPU-to-worker assignment, transitions, rates, stats) without a cluster,
+then the controller against a small local cluster of simulated GPUs."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from nexus_lab.controller.edits import WorkloadEditor, base_workload
+from nexus_lab.controller.html import render
+from nexus_lab.controller.placement import assign_gpus, gpu_key, routes_of, transition, worker_gpus
+from nexus_lab.controller.rates import RateMonitor, moved
+from nexus_lab.controller.stats import aggregate, arrivals_of, strip_window
+from nexus_lab.planner import plan_workload
+from nexus_lab.workload import WorkloadError
+
+
+def editor() -> WorkloadEditor:
+    wl, pset = base_workload("simulated:titan-x-pascal")
+    return WorkloadEditor.from_workload(wl, pset)
+
+
+# ---------------------------------------------------------------------------------------------- edits
+def test_edits_validate_before_anything_is_stored():
+    ed = editor()
+    with pytest.raises(WorkloadError, match="slo_ms"):
+        ed.add_session("vgg16", 0)
+    with pytest.raises(WorkloadError, match="slo_ms"):
+        ed.add_session("vgg16", float("nan"))
+    with pytest.raises(WorkloadError, match="rate"):
+        ed.add_session("vgg16", 100, rate=-1)
+    with pytest.raises(WorkloadError, match="model"):
+        ed.add_session("no-such-model", 100)
+    assert ed.names() == set()
+    name = ed.add_session("vgg16", 100, rate=50)
+    assert name == "vgg16:100"
+    with pytest.raises(WorkloadError, match="already exists"):
+        ed.add_session("vgg16", 100)
+    with pytest.raises(WorkloadError, match="unknown session"):
+        ed.set_slo("nope", 10)
+    with pytest.raises(WorkloadError, match=r"set_slo\.slo_ms"):
+        ed.set_slo(name, -5)
+    with pytest.raises(WorkloadError, match=r"set_rate\.rate"):
+        ed.set_rate(name, -0.1)
+    ed.set_slo(name, 120)
+    ed.set_rate(name, 70)
+    s = ed.workload().sessions[0]
+    assert (s.slo_ms, s.rate) == (120, 70)
+    ed.remove(name)
+    assert ed.workload().sessions == ()
+
+
+def test_measured_sessions_take_measured_rates_only():
+    ed = editor()
+    a = ed.add_session("vgg16", 100, name="a")  # measured
+    b = ed.add_session("vgg_s", 50, rate=30, name="b")  # declared
+    ed.set_measured(a, 123.0)
+    ed.set_measured(b, 999.0)
+    rates = {s.name: s.rate for s in ed.workload().sessions}
+    assert rates == {"a": 123.0, "b": 30.0}
+    ed.set_rate(b, None)
+    ed.set_measured(b, 40.0)
+    assert {s.name: s.rate for s in ed.workload().sessions}["b"] == 40.0
+
+
+def test_add_query_checks_stages_and_names_the_field():
+    ed = editor()
+    stages = [{"name": "detect", "model": "yolo9000"}, {"name": "car", "model": "vgg16", "parent": "detect",
+                                                        "gamma": 1.5}]
+    ed.add_query("traffic", 400, stages, rate=20)
+    q = ed.workload().queries[0]
+    assert q.stage_rates() == {"detect": 20.0, "car": 30.0}
+    with pytest.raises(WorkloadError, match="already exists"):
+        ed.add_query("traffic", 400, stages)
+    with pytest.raises(WorkloadError, match=r"add_query\('t2'\).stages\[1\].parent"):
+        ed.add_query("t2", 400, [{"name": "d", "model": "yolo9000"}, {"name": "c", "model": "vgg16", "parent": "x"}])
+    with pytest.raises(WorkloadError, match="gamma"):
+        ed.add_query("t3", 400, [{"name": "d", "model": "yolo9000", "gamma": -1}])
+    with pytest.raises(WorkloadError, match="model"):
+        ed.add_query("t4", 400, [{"name": "d", "model": "nope"}])
+    with pytest.raises(WorkloadError, match="slo_ms"):
+        ed.add_query("t5", 0, stages)
+    assert ed.names() == {"traffic"}
+
+
+# ---------------------------------------------------------------------------------------------- placement
+def _plan(rates: dict[str, float], gpus: int | None = None):
+    ed = editor()
+    for model, r in rates.items():
+        ed.add_session(model, 100, rate=r)
+    return plan_workload(ed.workload(), gpus=gpus)
+
+
+WORKERS = [f"tcp://127.0.0.1:{9000 + i}" for i in range(6)]
+
+
+def test_assignment_is_deterministic_and_complete():
+    plan = _plan({"vgg16": 600, "vgg_s": 200, "vgg_face": 100})
+    a1 = assign_gpus(plan, WORKERS, {})
+    a2 = assign_gpus(plan, list(reversed(WORKERS)), {})
+    assert a1 == a2
+    assert sorted(a1) == [g.id for g in plan.gpus]
+    assert len(set(a1.values())) == plan.num_gpus
+    with pytest.raises(ValueError, match="workers"):
+        assign_gpus(plan, WORKERS[:1], {})
+
+
+def test_replanning_keeps_unchanged_gpus_where_they_are():
+    plan = _plan({"vgg16": 600, "vgg_s": 200, "vgg_face": 100})
+    first = worker_gpus(plan, assign_gpus(plan, WORKERS, {}), WORKERS)
+    # Shuffle which worker holds what: the assignment must follow the workers, not the GPU ids.
+    shuffled = dict(zip(WORKERS, [first[w] for w in reversed(WORKERS)], strict=True))
+    again = worker_gpus(plan, assign_gpus(plan, WORKERS, shuffled), WORKERS)
+    assert all(gpu_key(again[w]) == gpu_key(shuffled[w]) for w in WORKERS)
+    tr = transition(shuffled, again)
+    assert tr.changed == ()
+    # More load for one session: GPUs of the others stay on their workers.
+    bigger = _plan({"vgg16": 900, "vgg_s": 200, "vgg_face": 100})
+    moved_to = worker_gpus(bigger, assign_gpus(bigger, WORKERS, first), WORKERS)
+    for w in WORKERS:
+        old = {a["session"] for a in (first[w] or {}).get("allocations", ())}
+        if old and "vgg16:100" not in old:
+            new = {a["session"] for a in (moved_to[w] or {}).get("allocations", ())}
+            assert old <= new
+
+
+def test_pins_place_a_session_on_its_worker():
+    plan = _plan({"vgg16": 600, "vgg_s": 200})
+    target = WORKERS[5]
+    a = assign_gpus(plan, WORKERS, {}, pins={"vgg_s:100": target})
+    gid = next(g.id for g in plan.gpus if any(x.session == "vgg_s:100" for x in g.allocations))
+    assert a[gid] == target
+
+
+def test_transition_loads_before_routing_and_drains_after():
+    plan_a = _plan({"vgg16": 100})
+    plan_b = _plan({"vgg_s": 100})
+    w = WORKERS[:2]
+    old = worker_gpus(plan_a, assign_gpus(plan_a, w, {}), w)
+    new = worker_gpus(plan_b, assign_gpus(plan_b, w, old), w)
+    tr = transition(old, new)
+    # vgg16 moves off its worker, vgg_s lands on the idle one: the idle one is applied first.
+    idle = next(x for x in w if old[x] is None)
+    assert idle in tr.first
+    busy = next(x for x in w if old[x] is not None)
+    if gpu_key(new[busy]) != gpu_key(old[busy]):
+        assert busy in tr.second
+    # Mid-transition, every session with a ready new home routes there; vgg16 stays routed until drained.
+    assert all(addr in tr.first or addr in tr.unchanged for s, r in tr.mid_routes.items() if s == "vgg_s:100"
+               for addr, _ in r)
+    assert tr.mid_routes.get("vgg16:100") == routes_of(old)["vgg16:100"]
+    assert tr.final_routes == routes_of(new)
+    assert "vgg16:100" not in tr.final_routes
+
+
+# ---------------------------------------------------------------------------------------------- rates
+def test_rate_monitor_moving_average_and_threshold():
+    m = RateMonitor(alpha=0.5, min_windows=2)
+    m.observe({"a": 100}, 1.0)
+    assert m.rate("a") is None  # not trusted after one window
+    m.observe({"a": 200}, 1.0)
+    assert m.average("a") == pytest.approx(150.0)
+    assert m.rate("a") == pytest.approx(150.0)  # one high window is noise
+    m.observe({"a": 200}, 1.0)
+    assert m.average("a") == pytest.approx(175.0)
+    assert m.rate("a") == pytest.approx(200.0)  # two are a surge: planned for at once
+    m.observe({"a": 0}, 1.0)
+    assert m.rate("a") == pytest.approx(87.5)
+    m.observe({}, 2.0, sessions={"a"})  # silent window: the average decays
+    assert m.rate("a") == m.average("a") == pytest.approx(43.75)
+    assert moved({"a": 100.0}, {"a": 75.0}, 0.2) == ["a"]
+    assert moved({"a": 100.0}, {"a": 125.0}, 0.2) == ["a"]
+    assert moved({"a": 100.0}, {"a": 75.0}, 0.2, up_only=True) == []
+    assert moved({"a": 100.0}, {"a": 85.0}, 0.2) == []
+    assert moved({"a": 0.0}, {"a": 0.5}, 0.2) == []
+    assert moved({"a": 0.0}, {"a": 0.5}, 0.2, floor=1.0) == ["a"]
+    with pytest.raises(ValueError, match="alpha"):
+        RateMonitor(alpha=0)
+
+
+# ---------------------------------------------------------------------------------------------- stats
+def _window(worker, t0, t1, arrivals, within, drops=None, util=0.5):
+    return strip_window(worker, {"t0": t0, "t1": t1, "utilization": util, "batches": 3, "trace": [1, 2],
+                                 "sessions": {"s": {"arrivals": arrivals, "served": within, "within_slo": within,
+                                                    "errors": 0, "drops": drops or {}, "p50_ms": 10.0,
+                                                    "p99_ms": 20.0}}})
+
+
+def test_stats_aggregate_over_workers_and_windows():
+    wins = [_window("w1", 0, 1, 100, 99, {"deadline": 1}), _window("w2", 0, 1, 50, 50, util=1.0),
+            _window("w1", 1, 2, 100, 100)]
+    out = aggregate(wins, {"w1": 0, "w2": 1})
+    s = out["sessions"]["s"]
+    assert s["offered_rate"] == pytest.approx(125.0)
+    assert s["goodput"] == pytest.approx(124.5)
+    assert s["slo_attainment"] == pytest.approx(249 / 250)
+    assert s["drops"] == {"deadline": 1}
+    assert out["gpus"]["w1"]["utilization"] == pytest.approx(0.5)
+    assert out["gpus"]["w2"] == {"utilization": 1.0, "gpu": 1}
+    assert "trace" not in wins[0]
+    arrivals, span = arrivals_of(wins[:2])
+    assert arrivals == {"s": 150} and span == 1.0
+    assert aggregate([])["sessions"] == {}
+
+
+def test_html_summary_renders_state():
+    state = {"cluster": {"scheduler": "tcp://x", "workers": 2, "gpus_used": 1, "device": "simulated:titan-x-pascal",
+                         "epoch_s": 30.0, "version": 3, "plan_age_s": 4.0, "paused": False,
+                         "dashboard_link": "http://127.0.0.1:8787/status"},
+             "gpus": [{"worker": "tcp://w1", "gpu": 0, "duty_cycle_ms": 50.0, "utilization": 0.5,
+                       "sessions": ["a<b>"]}],
+             "sessions": [{"name": "a<b>", "model": "vgg16", "slo_ms": 100, "rate": 10.0, "measured": True,
+                           "goodput": 9.0, "slo_attainment": 0.99, "gpus": [0]}],
+             "queries": [{"name": "q", "slo_ms": 400, "stages": [{"name": "d", "budget_ms": 100.0}]}]}
+    out = render(state)
+    assert "http://127.0.0.1:8787/status" in out and "a&lt;b&gt;" in out and "plan v3" in out
+    json.dumps(state)
+
+
+# ---------------------------------------------------------------------------------------------- on a cluster
+@pytest.fixture(scope="module")
+def ctl():
+    pytest.importorskip("nexus_lab.runtime.device")
+    import nexus_lab
+
+    c = nexus_lab.start(gpus=2, epoch_s=3600.0, poll_s=0.5)
+    yield c
+    c.close()
+
+
+def test_controller_applies_serves_and_reports(ctl):
+    name = ctl.add_session("vgg_s", slo_ms=50, rate=40, name="scenes")
+    preview = ctl.plan()
+    assert preview.num_gpus >= 1 and ctl.version == 0
+    with pytest.raises(WorkloadError, match=r"infer\.session"):
+        ctl.infer("nope", None)
+    plan = ctl.apply()
+    assert ctl.version == 1 and plan.num_gpus == preview.num_gpus
+    futs = []
+    for _ in range(20):  # at the planned rate (40/s): a burst beyond the plan would be early-dropped
+        futs.append(ctl.submit(name, None))
+        time.sleep(0.025)
+    for f in futs:
+        f.result(5)
+    time.sleep(0.6)
+    ctl.collect()
+    st = ctl.stats(window_s=None)
+    assert st["sessions"][name]["served"] >= 20
+    state = ctl.state()
+    json.dumps(state)
+    assert state["cluster"]["workers"] == 2 and state["sessions"][0]["name"] == name
+    assert "nexus_lab Controller" in ctl._repr_html_()
+    # Applying the same workload again touches no worker.
+    v = ctl.version
+    ctl.apply()
+    assert ctl.events()[-1]["moved"] == [] and ctl.version == v + 1
+
+
+def test_a_new_controller_adopts_the_running_plan(ctl):
+    from nexus_lab.controller import Controller
+
+    if not ctl.editor.names():
+        ctl.add_session("vgg_s", slo_ms=50, rate=40, name="scenes")
+        ctl.apply()
+    other = Controller(ctl.client, auto=False)
+    try:
+        assert other.version == ctl.version
+        assert {w: gpu_key(g) for w, g in other.assignment.items()} == \
+            {w: gpu_key(g) for w, g in ctl.assignment.items()}
+        assert other.editor.names() == ctl.editor.names()
+        other.infer("scenes", None, timeout_s=5)  # served through the adopted routes (raises otherwise)
+    finally:
+        other.frontend.close()
+
+
+def test_epoch_loop_replans_on_rate_moves_and_joining_workers():
+    pytest.importorskip("nexus_lab.runtime.device")
+    import nexus_lab
+    from nexus_lab.runtime.loadgen import run_load
+
+    with nexus_lab.start(gpus=1, epoch_s=3600.0, poll_s=0.5, auto=False) as c:
+        name = c.add_session("vgg_s", slo_ms=100, name="measured")  # rate=None: measured
+        c.apply()
+        assert c.tick() is None  # nothing measured yet, epoch not over
+        import threading
+
+        load = threading.Thread(target=run_load, args=(c.frontend, {name: 60.0}, 3.0), kwargs={"settle_s": 1.0})
+        load.start()
+        reasons = []
+        while load.is_alive():  # the loop's polls, by hand
+            time.sleep(0.5)
+            reasons.append(c.tick())
+        load.join()
+        moves = [r for r in reasons if r and r.startswith("rate moved")]
+        assert moves, reasons
+        assert c.workload.sessions[0].rate > 30.0  # planned at the measured rate (with headroom)
+        c._cluster.scale(2)
+        c.client.wait_for_workers(2, timeout=60)
+        assert c.tick().startswith("workers changed (+1")
+        c.pause()
+        v = c.version
+        c.replan_now()  # without a loop thread: applied at once
+        assert c.version == v + 1
+        assert c.tick() is None  # paused: the loop measures but never re-plans
+        assert c.version == v + 1
+        c.resume()
