@@ -22,7 +22,8 @@ lint: install
 test: install lint
 	# the Nexus panel's TypeScript unit tests (jest); `pip install` above already built the extension with jlpm
 	cd extension && ../$(VENV)/bin/jlpm install && ../$(VENV)/bin/jlpm test
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 -m "not serial" tests
+	$(PY) -m pytest -q -m serial tests
 
 demo: install
 	$(VENV)/bin/nexus-lab demo

@@ -19,6 +19,9 @@ from nexus_lab.runtime.loadgen import run_load
 from nexus_lab.runtime.results import Dropped, RequestFailed
 from nexus_lab.workload import WorkloadError
 
+# Latency assertions under load: run alone (`make test` runs the serial tests after the parallel ones).
+pytestmark = pytest.mark.serial
+
 SIM = "simulated:titan-x-pascal"
 
 
