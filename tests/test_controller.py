@@ -258,6 +258,22 @@ def test_controller_applies_serves_and_reports(ctl):
     assert ctl.events()[-1]["moved"] == [] and ctl.version == v + 1
 
 
+def test_apply_plan_runs_a_valid_manual_placement_and_refuses_an_invalid_one(ctl):
+    import dataclasses
+
+    from nexus_lab.planner import PlanInvalid
+
+    plan = ctl.apply()
+    g = plan.gpus[0]
+    small = dataclasses.replace(g, allocations=(dataclasses.replace(g.allocations[0], batch=1), *g.allocations[1:]))
+    with pytest.raises(PlanInvalid, match="needs batch"):
+        ctl.apply_plan(dataclasses.replace(plan, gpus=(small, *plan.gpus[1:])))
+    v = ctl.version
+    assert ctl.apply_plan(plan) is plan and ctl.version == v + 1
+    # The panel's registration exists while the controller lives.
+    assert ctl._lab is not None
+
+
 def test_a_new_controller_adopts_the_running_plan(ctl):
     from nexus_lab.controller import Controller
 

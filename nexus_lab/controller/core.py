@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..planner import Plan, plan_workload
+from ..planner import Plan, plan_workload, validate
 from ..planner.api import session_profiles, stage_session
 from ..workload import Workload, WorkloadError
 from . import html
@@ -286,7 +286,12 @@ class Controller:
             out[s.session] = {"model": s.model, "slo_ms": float(s.slo_ms), "budget_ms": float(budget)}
         return out
 
-    def apply(self) -> Plan:
+    def apply_plan(self, plan: Plan) -> Plan:
+        """Apply a given plan (e.g. a manual placement from the placement editor) the way ``apply`` applies its
+        own: it must validate against the current workload first. Pause the epoch loop to keep it in place."""
+        return self.apply(plan)
+
+    def apply(self, given: Plan | None = None) -> Plan:
         """Plan now and apply only the difference: workers that gain sessions load first; routes switch to the
         ready ones; workers that lose sessions drain, then unload; finally the new routes. Returns the plan."""
         with self._apply_lock:
@@ -298,7 +303,13 @@ class Controller:
                 wl = self.editor.workload()
                 pins = dict(self._pins)
                 old = {w: self._current.get(w) for w in workers}
-            plan = plan_workload(wl, self.policy, gpus=len(workers))
+            if given is None:
+                plan = plan_workload(wl, self.policy, gpus=len(workers))
+            else:
+                if given.num_gpus > len(workers):
+                    raise ValueError(f"plan.gpus: {given.num_gpus} GPUs, but the cluster has {len(workers)} workers")
+                validate(given, wl)
+                plan = given
             assignment = assign_gpus(plan, workers, old, pins)
             new = worker_gpus(plan, assignment, workers)
             tr = transition(old, new)
