@@ -453,7 +453,9 @@ class NexusBackend(WorkerPlugin):
         s = self.sessions[session]
         slo = float(s["slo_ms"]) / 1000.0
         allowance = max(0.0, slo - float(s.get("budget_ms", s["slo_ms"])) / 1000.0)
-        q.append(_Req(rid, session, e2e - allowance, e2e, e2e - slo, payload, sink))
+        # Submit time is deadline - SLO for a session's own requests; a query stage's deadline chains from its
+        # parent's, which may still lie ahead: then the latency counts from receipt here.
+        q.append(_Req(rid, session, e2e - allowance, e2e, min(e2e - slo, time.time()), payload, sink))
         if not self._arrival.is_set():
             self._arrival.set()
 
