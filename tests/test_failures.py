@@ -21,6 +21,9 @@ from nexus_lab.workload import WorkloadError
 
 # Latency assertions under load: run alone (`make test` runs the serial tests after the parallel ones).
 pytestmark = pytest.mark.serial
+# The two SLO-attainment assertions measure wall-clock latency on a shared 2-core CI host, where a neighbour's
+# burst can stall a worker process for tens of ms; they get two fresh tries (a real regression fails all three).
+timing = pytest.mark.flaky(reruns=2, reruns_delay=2)
 
 SIM = "simulated:titan-x-pascal"
 
@@ -56,6 +59,7 @@ def test_bad_edits_and_inputs_are_rejected_before_sending():
         ctl.infer(name, None, timeout_s=5)
 
 
+@timing
 def test_overload_drops_early_without_congestion_collapse():
     with nexus_lab.start(gpus=2, device=SIM, epoch_s=3600, poll_s=0.5) as ctl:
         name = ctl.add_session("vgg16", 100, rate=150, name="cls")
@@ -77,6 +81,7 @@ def test_overload_drops_early_without_congestion_collapse():
 
 
 @pytest.mark.slow
+@timing
 def test_killed_worker_resolves_futures_and_replans():
     with nexus_lab.start(gpus=3, device=SIM, epoch_s=8.0, poll_s=0.5) as ctl:
         # Uniform arrivals below the planned rate: with Poisson bursts a duty cycle's batch overflows now and then
