@@ -298,7 +298,11 @@ def test_epoch_loop_replans_on_rate_moves_and_joining_workers():
 
     with nexus_lab.start(gpus=1, epoch_s=3600.0, poll_s=0.5, auto=False) as c:
         name = c.add_session("vgg_s", slo_ms=100, name="measured")  # rate=None: measured
+        seen: list[int] = []
+        c.on_plan(lambda _p, v: 1 / 0)  # a failing listener is logged and does not stop the others
+        unsubscribe = c.on_plan(lambda plan, v: seen.append((v, plan.num_gpus)))
         c.apply()
+        assert seen == [(c.version, 1)]
         assert c.tick() is None  # nothing measured yet, epoch not over
         import threading
 
@@ -315,6 +319,8 @@ def test_epoch_loop_replans_on_rate_moves_and_joining_workers():
         c._cluster.scale(2)
         c.client.wait_for_workers(2, timeout=60)
         assert c.tick().startswith("workers changed (+1")
+        assert seen[-1][0] == c.version and len(seen) >= 3  # the loop's re-plans notify the listeners too
+        unsubscribe()
         c.pause()
         v = c.version
         c.replan_now()  # without a loop thread: applied at once

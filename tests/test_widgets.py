@@ -75,6 +75,39 @@ def test_slo_editor_refuses_inline_then_applies(ctl):
     assert ed.edits == {} and "applied" in ed.status.value
 
 
+def test_editors_follow_plans_applied_elsewhere(ctl):
+    """The epoch loop (here: an apply outside the editors) re-plans: editors without pending edits show the new
+    placement; pending edits stay and are previewed / re-checked against the plan that now runs."""
+    slo = slo_editor(ctl).editor
+    place = placement_editor(ctl).editor
+
+    def gpus_label(name: str) -> str:
+        row = next(r for r in slo.rows.children[1:] if r.children[0].value == name)
+        return row.children[4].value
+
+    before = gpus_label("classify")
+    ctl.set_rate("classify", 3000)
+    ctl.apply()
+    assert gpus_label("classify") != before and len(gpus_label("classify").split(",")) > len(before.split(","))
+    assert slo.slo_inputs["classify"].value == 100  # rows rebuilt from the controller
+
+    slo.set_value("faces", "slo_ms", 400)
+    gpu, session = next((g.id, a.session) for g in ctl.current_plan.gpus for a in g.allocations)
+    place.set_batch(gpu, session, 1)
+    v = ctl.version
+    ctl.set_rate("classify", 300)
+    ctl.apply()
+    assert slo.edits == {"faces": {"slo_ms": 400}} and f"v{v + 1}" in slo.status.value
+    assert slo.last_preview.ok and slo.last_preview.before_gpus == ctl.current_plan.num_gpus
+    still = any(g.id == gpu and any(a.session == session for a in g.allocations) for g in ctl.current_plan.gpus)
+    assert ((gpu, session) in place.batches) == still
+    listening = len(ctl._plan_listeners)
+    w = slo_editor(ctl)
+    assert len(ctl._plan_listeners) == listening + 1
+    w.close()  # a closed editor stops following
+    assert len(ctl._plan_listeners) == listening
+
+
 def test_slo_editor_rate_text(ctl):
     ed = slo_editor(ctl).editor
     ed.rate_inputs["faces"].value = "abc"

@@ -12,7 +12,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -110,6 +110,7 @@ class Controller:
         self._history: deque[dict[str, Any]] = deque(maxlen=int(history))
         self._traces: dict[str, list] = {}
         self._events: deque[dict[str, Any]] = deque(maxlen=200)
+        self._plan_listeners: list[Callable[[Plan, int], None]] = []
         self.monitor = RateMonitor()
         self._pins: dict[str, str] = {}
         self._version = 0
@@ -291,9 +292,43 @@ class Controller:
         own: it must validate against the current workload first. Pause the epoch loop to keep it in place."""
         return self.apply(plan)
 
+    def on_plan(self, listener: Callable[[Plan, int], None]) -> Callable[[], None]:
+        """Call ``listener(plan, version)`` after every applied plan (the epoch loop's re-plans included), so views
+        such as the editors follow the cluster. Runs in the applying thread, after the apply lock is released;
+        a listener that raises is logged and kept. Returns a function that unsubscribes it."""
+        if not callable(listener):
+            raise TypeError(f"listener: must be callable, got {type(listener).__name__}")
+        with self._lock:
+            self._plan_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                if listener in self._plan_listeners:
+                    self._plan_listeners.remove(listener)
+        return unsubscribe
+
+    def _notify_plan(self, version: int) -> None:
+        with self._lock:
+            plan, current, listeners = self._plan, self._version, list(self._plan_listeners)
+        if plan is None or current != version:  # a newer apply notifies for itself
+            return
+        for fn in listeners:
+            try:
+                fn(plan, version)
+            except Exception:
+                logger.exception("plan listener %r failed", fn)
+
     def apply(self, given: Plan | None = None) -> Plan:
         """Plan now and apply only the difference: workers that gain sessions load first; routes switch to the
         ready ones; workers that lose sessions drain, then unload; finally the new routes. Returns the plan."""
+        before = self._version
+        try:
+            return self._apply(given)
+        finally:
+            if self._version != before:
+                self._notify_plan(self._version)
+
+    def _apply(self, given: Plan | None) -> Plan:
         with self._apply_lock:
             started = time.time()
             workers = self._workers()

@@ -7,6 +7,7 @@ Widgets only: values are checked by the workload editor, plans made by the plann
 from __future__ import annotations
 
 import html
+import weakref
 from typing import Any
 
 import ipywidgets as W
@@ -62,6 +63,23 @@ def _float_or_none(text: str) -> Any:
         return t
 
 
+def _follow(ctl: Any, editor: Any) -> None:
+    """Keep ``editor`` in step with the cluster: ``editor.on_plan(version)`` after every applied plan (the epoch
+    loop's re-plans too), until its widget is closed. Holds the editor weakly."""
+    subscribe = getattr(ctl, "on_plan", None)
+    if not callable(subscribe):  # a controller-like object without plan notifications: the editor stays static
+        return
+    ref = weakref.ref(editor)
+
+    def listener(_plan: Plan, version: int) -> None:
+        ed = ref()
+        if ed is not None:
+            ed.on_plan(version)
+
+    unsubscribe = subscribe(listener)
+    editor.widget.observe(lambda ch: unsubscribe() if ch["new"] is None else None, names="comm")
+
+
 # ------------------------------------------------------------------------------------------ SLO editor
 class SloEditor:
     """One row per session (model, SLO, rate, current GPUs); edits preview the plan, Apply pushes it."""
@@ -84,6 +102,17 @@ class SloEditor:
                               self.preview_html, W.HBox([self.apply_button, self.reset_button]), self.status])
         self.widget.add_class("nexus-slo-editor")
         self.reload()
+        _follow(ctl, self)
+
+    def on_plan(self, version: int) -> None:
+        """The cluster re-planned: without pending edits the rows show the new placement; with edits, the preview
+        is recomputed against the plan that now runs (the edits stay)."""
+        if self.edits:
+            self.preview()
+            self.status.value = _msg(f"the cluster re-planned (plan v{version}); the preview above is against it",
+                                     True)
+        else:
+            self.reload()
 
     def reload(self) -> None:
         """Rebuild the rows from the controller (after Apply, or to drop unapplied edits)."""
@@ -369,6 +398,18 @@ class PlacementEditor:
                               self.feasible, W.HBox([self.apply_button, self.auto_button]), self.status])
         self.widget.add_class("nexus-placement-editor")
         self.reload()
+        _follow(ctl, self)
+
+    def on_plan(self, version: int) -> None:
+        """The cluster re-planned: the grid shows the new plan, pending edits re-checked against it (an edit that
+        names a GPU or session the new plan lacks is dropped)."""
+        _gpus, _sessions, cells = placement_grid(self._base())
+        self.batches = {k: v for k, v in self.batches.items() if k in cells}
+        self.moves = {n: (src, dst) for n, (src, dst) in self.moves.items() if (src, n) in cells}
+        self._update()
+        if self.moves or self.batches:
+            self.status.value = _msg(f"the cluster re-planned (plan v{version}); your edits are checked against it",
+                                     True)
 
     def _base(self) -> Plan:
         plan = self.ctl.current_plan

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..controller.edits import WorkloadEditor, base_workload
@@ -48,6 +48,7 @@ class SimController:
         self._traces: dict[str, list] = {}
         self._history: deque[dict[str, Any]] = deque(maxlen=int(history))
         self._last: dict[str, Any] | None = None
+        self._plan_listeners: list[Callable[[Plan, int], None]] = []
 
     # ------------------------------------------------------------------------------------------ edits
     def add_session(self, model: str, slo_ms: float, rate: float | None = None, name: str | None = None) -> str:
@@ -95,7 +96,16 @@ class SimController:
         self._version += 1
         self._planned_at = time.time()
         self._last = None
+        for fn in list(self._plan_listeners):
+            fn(plan, self._version)
         return plan
+
+    def on_plan(self, listener: Callable[[Plan, int], None]) -> Callable[[], None]:
+        """Call ``listener(plan, version)`` after every applied plan (as ``Controller.on_plan``)."""
+        if not callable(listener):
+            raise TypeError(f"listener: must be callable, got {type(listener).__name__}")
+        self._plan_listeners.append(listener)
+        return lambda: self._plan_listeners.remove(listener) if listener in self._plan_listeners else None
 
     def replan_now(self) -> None:
         self.apply()
