@@ -1,79 +1,29 @@
-"""Helpers of the Nexus panel's browser test: a JupyterLab server started for the test, and a moving fake controller.
+"""Helpers of the Nexus panel's browser test: a JupyterLab server started for the test, and its clean-up.
 
-The fake controller has the real controller's ``state()`` shape and runs inside the notebook kernel; no Dask.
+The test's controller is a real one (``nexus_lab.start``: a Dask ``LocalCluster`` inside the notebook kernel), so a
+kernel killed outright leaves worker processes behind; ``LabServer`` tracks them and ``stop()`` ends them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import math
 import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+
+import psutil
 
 REPO = Path(__file__).resolve().parents[2]
 LABEXTENSION = REPO / "nexus_lab" / "labextension"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-
-
-class MovingFakeController:
-    """A controller stand-in whose GPU utilization moves with time and whose plan age resets on ``replan_now()``."""
-
-    def __init__(self, gpus: int = 2, sessions: int = 3, device: str = "simulated:titan-x-pascal") -> None:
-        self.gpus, self.n_sessions, self.device = gpus, sessions, device
-        self.version = 1
-        self.planned_at = time.time()
-        self.paused = False
-        self.closed = False
-        self._reg: Any = None
-
-    def attach(self, name: str = "fake-nexus") -> MovingFakeController:
-        from nexus_lab.lab import register
-
-        self._reg = register(self, name=name)
-        return self
-
-    def state(self) -> dict[str, Any]:
-        t = time.time()
-        gpus = [{"gpu": i, "worker": f"tcp://127.0.0.1:{40000 + i}",
-                 "utilization": 0.5 + 0.45 * math.sin(1.3 * t + i), "duty_cycle_ms": 80.0,
-                 "sessions": [f"cam-{j}" for j in range(self.n_sessions) if j % self.gpus == i]}
-                for i in range(self.gpus)]
-        sessions = [{"name": f"cam-{j}", "model": ["resnet50", "ssd_mobilenet", "vgg16"][j % 3],
-                     "slo_ms": 100.0 + 50 * j, "offered_rate": 100.0 + 10 * j + 5 * math.sin(t),
-                     "goodput": 95.0 + 10 * j, "latency_p99_ms": 60.0 + 40 * j, "drops": {"early_drop": j}}
-                    for j in range(self.n_sessions)]
-        return {"cluster": {"scheduler": "inproc://fake", "workers": self.gpus, "gpus_used": self.gpus,
-                            "device": self.device, "epoch_s": 30.0, "version": self.version,
-                            "plan_age_s": t - self.planned_at, "paused": self.paused, "dashboard_link": None},
-                "gpus": gpus, "sessions": sessions,
-                "queries": [{"name": "traffic", "slo_ms": 400.0,
-                             "stages": [{"name": "detect", "model": "ssd_mobilenet", "budget_ms": 250.0,
-                                         "parents": [], "session": "traffic/detect", "gpus": [0]},
-                                        {"name": "recognize", "model": "resnet50", "budget_ms": 150.0,
-                                         "parents": ["detect"], "session": "traffic/recognize", "gpus": [1]}]}]}
-
-    def replan_now(self) -> None:
-        self.version += 1
-        self.planned_at = time.time()
-
-    def pause(self) -> None:
-        self.paused = True
-
-    def resume(self) -> None:
-        self.paused = False
-
-    def close(self) -> None:
-        self.closed = True
-        if self._reg is not None:
-            self._reg.close()
 
 
 def free_port() -> int:
@@ -99,6 +49,7 @@ class LabServer:
         self.notebooks = root / "notebooks"
         self.runtime = root / "runtime"
         self.proc: subprocess.Popen | None = None
+        self._tracked: dict[int, psutil.Process] = {}
 
     def start(self, timeout_s: float = 90.0) -> LabServer:
         if not (LABEXTENSION / "package.json").exists():
@@ -117,7 +68,7 @@ class LabServer:
             json.dumps({"ServerApp": {"jpserver_extensions": {"nexus_lab.lab": True}}}))
         env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config), JUPYTER_RUNTIME_DIR=str(self.runtime),
                    JUPYTER_PATH=str(data), JUPYTERLAB_SETTINGS_DIR=str(self.root / "settings"),
-                   JUPYTERLAB_WORKSPACES_DIR=str(self.root / "workspaces"), PYTHONPATH=str(Path(__file__).parent))
+                   JUPYTERLAB_WORKSPACES_DIR=str(self.root / "workspaces"))
         self.log = open(self.root / "lab.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
@@ -140,12 +91,52 @@ class LabServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def track_tree(self, pid: int) -> list[psutil.Process]:
+        """Remember ``pid`` and its descendants now, so ``stop()`` ends whichever of them outlive the server.
+
+        Call it before killing a kernel: its Dask workers are then orphans, no longer below the server.
+        """
+        try:
+            root = psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+        for p in procs:
+            self._tracked.setdefault(p.pid, p)
+        return procs
+
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """Stop the server, then every tracked process still running (its kernels and their cluster workers)."""
+        if self.proc is not None:
+            self.track_tree(self.proc.pid)
+            if self.proc.poll() is None:
+                self.proc.terminate()
+                try:
+                    self.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
         self.log.close()
+        leak = leftover(self._tracked.values())
+        for p in leak:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.terminate()
+        _, alive = psutil.wait_procs(leak, timeout=10)
+        for p in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+        _, alive = psutil.wait_procs(alive, timeout=10)
+        if leftover(alive):
+            raise RuntimeError(f"processes of the test's JupyterLab survived SIGKILL: {leftover(alive)}")
+
+
+def leftover(procs: Iterable[psutil.Process]) -> list[psutil.Process]:
+    """The processes still running: not exited, not a zombie awaiting its (possibly absent) reaper, pid not reused."""
+    out = []
+    for p in procs:
+        try:
+            if p.is_running() and p.status() != psutil.STATUS_ZOMBIE:
+                out.append(p)
+        except psutil.NoSuchProcess:
+            continue
+    return out
