@@ -13,21 +13,12 @@ from typing import Any
 import ipywidgets as W
 import plotly.graph_objects as go
 
+from ..controller.preview import Preview, QueryPreview, preview_edits, preview_query
 from ..planner import Plan
+from ..planner.manual import edit_placement, placement_violations
 from ..workload import WorkloadError
 from . import figures
-from .logic import (
-    Preview,
-    QueryPreview,
-    dag_layout,
-    edit_placement,
-    placement_grid,
-    placement_segments,
-    placement_violations,
-    preview_edits,
-    preview_query,
-    session_gpus,
-)
+from .logic import dag_layout, placement_grid, placement_segments, session_gpus
 
 __all__ = ["PlacementEditor", "QueryEditor", "SloEditor", "placement_editor", "query_editor", "slo_editor"]
 
