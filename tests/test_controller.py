@@ -258,6 +258,26 @@ def test_controller_applies_serves_and_reports(ctl):
     assert ctl.events()[-1]["moved"] == [] and ctl.version == v + 1
 
 
+def test_query_runs_its_dag_and_reports_each_stage(ctl):
+    ctl.add_query("traffic", 400, [{"name": "detect", "model": "yolo9000"},
+                                   {"name": "car", "model": "vgg16", "parent": "detect", "gamma": 1.0}], rate=5)
+    ctl.apply()
+    outs = [ctl.query("traffic", None, timeout_s=10) for _ in range(6)]
+    for out in outs:
+        assert set(out["outputs"]) == {"detect", "car"} and out["latency_ms"] > 0
+    assert sum(o["within_slo"] for o in outs) >= 5
+    time.sleep(0.6)
+    ctl.collect()
+    (q,) = ctl.state()["queries"]
+    stages = {s["name"]: s for s in q["stages"]}
+    assert stages["detect"]["budget_ms"] > 0 and stages["car"]["budget_ms"] > 0
+    assert stages["detect"]["budget_ms"] + stages["car"]["budget_ms"] <= 400
+    # each stage reports what its backends measured, as a session does
+    assert stages["detect"]["offered_rate"] > 0 and stages["detect"]["goodput"] > 0
+    assert stages["detect"]["latency_p99_ms"] <= stages["detect"]["budget_ms"] + 50
+    assert isinstance(stages["car"]["drops"], dict)
+
+
 def test_apply_plan_runs_a_valid_manual_placement_and_refuses_an_invalid_one(ctl):
     import dataclasses
 

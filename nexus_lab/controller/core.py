@@ -40,6 +40,13 @@ class ApplyError(RuntimeError):
     """Some backends refused their part of a plan (e.g. a device out of memory); they keep their old part."""
 
 
+def _measured(m: Mapping[str, Any]) -> dict[str, Any]:
+    """The measured part of a session's (or query stage's) row in ``Controller.state``."""
+    return {"offered_rate": m.get("offered_rate"), "goodput": m.get("goodput"),
+            "slo_attainment": m.get("slo_attainment"), "drops": m.get("drops", {}),
+            "latency_p50_ms": m.get("latency_p50_ms"), "latency_p99_ms": m.get("latency_p99_ms")}
+
+
 class Controller:
     """Serve a Nexus workload on a Dask cluster: one worker per GPU, one ``NexusBackend`` plugin per worker.
 
@@ -622,13 +629,10 @@ class Controller:
                          "allocations": list((g or {}).get("allocations", ()))})
         sessions = []
         for s in wl.sessions:
-            m = st["sessions"].get(s.name, {})
             sessions.append({"name": s.name, "model": s.model, "slo_ms": s.slo_ms, "rate": s.rate,
                              "measured": s.name in measured, "pinned": pins.get(s.name),
-                             "offered_rate": m.get("offered_rate"), "goodput": m.get("goodput"),
-                             "slo_attainment": m.get("slo_attainment"), "drops": m.get("drops", {}),
-                             "latency_p50_ms": m.get("latency_p50_ms"), "latency_p99_ms": m.get("latency_p99_ms"),
-                             "gpus": where.get(s.name, [])})
+                             **_measured(st["sessions"].get(s.name, {})), "gpus": where.get(s.name, [])})
+        st_stats = st
         queries = []
         for q in wl.queries:
             qp = next((x for x in (plan.queries if plan else ()) if x.name == q.name), None)
@@ -637,7 +641,8 @@ class Controller:
                             "stages": [{"name": st.name, "model": st.model, "parents": list(st.parents),
                                         "gamma": st.gamma, "budget_ms": budgets.get(st.name, 0.0),
                                         "session": stage_session(q.name, st.name),
-                                        "gpus": where.get(stage_session(q.name, st.name), [])}
+                                        "gpus": where.get(stage_session(q.name, st.name), []),
+                                        **_measured(st_stats["sessions"].get(stage_session(q.name, st.name), {}))}
                                        for st in q.stages]})
         return {
             "cluster": {"scheduler": self.client.scheduler.address, "workers": len(current),

@@ -241,7 +241,8 @@ class NexusBackend(WorkerPlugin):
         self._queues: dict[str, deque[_Req]] = {}
         self._accept: dict[str, float] = {}  # session -> accept arrivals until (inf while planned)
         self._specs: dict[str, Any] = {}  # session -> the zoo input spec that raw-bytes payloads decode to
-        self._cap: dict[str, int] = {}  # admission control: most requests a session's queue may hold
+        # admission control: session -> (batch per cycle, l(b) in s, duty cycle in s), see ``_admits``
+        self._cap: dict[str, tuple[int, float, float]] = {}
         self._slots: list[_Slot] = []
         self._draining: list[_Slot] = []  # slots of removed sessions, served until their queues are empty
         self._duty_s = 0.0
@@ -445,7 +446,10 @@ class NexusBackend(WorkerPlugin):
         except (TypeError, ValueError):
             sink.complete(rid, "error", f"request {rid!r}: deadline must be a number (time.time() seconds)")
             return
-        if len(q) >= self._cap.get(session, 1 << 30):
+        s = self.sessions[session]
+        slo = float(s["slo_ms"]) / 1000.0
+        allowance = max(0.0, slo - float(s.get("budget_ms", s["slo_ms"])) / 1000.0)
+        if not self._admits(session, len(q), e2e - allowance - now):
             self._drop(session, rid, sink, DropReason.OVERLOAD)
             return
         if type(payload) is bytes and session in self._specs:  # decode here, overlapping the device thread
@@ -456,9 +460,6 @@ class NexusBackend(WorkerPlugin):
                 sink.complete(rid, "error", f"request {rid!r}: payload bytes are not one {tuple(spec.shape)} "
                                             f"{spec.dtype} input: {exc}")
                 return
-        s = self.sessions[session]
-        slo = float(s["slo_ms"]) / 1000.0
-        allowance = max(0.0, slo - float(s.get("budget_ms", s["slo_ms"])) / 1000.0)
         # Submit time is deadline - SLO for a session's own requests; a query stage's deadline chains from its
         # parent's, which may still lie ahead: then the latency counts from receipt here.
         q.append(_Req(rid, session, e2e - allowance, e2e, min(e2e - slo, time.time()), payload, sink))
@@ -503,7 +504,7 @@ class NexusBackend(WorkerPlugin):
                                                         for k in range(1, int(m["batch"]) + 1)]) for m in members]
                 slots.append(slot)
                 for m in members:
-                    self._cap[m["session"]] = self._admission_cap(m, sessions[m["session"]], full, duty_s)
+                    self._cap[m["session"]] = (int(m["batch"]), full / 1000.0, duty_s)
                 i = j
                 continue
             model, b = a["model"], int(a["batch"])
@@ -512,20 +513,23 @@ class NexusBackend(WorkerPlugin):
                 top = min(2 * b, _max_batch(dev, model, 2 * b))
             table = np.array([0.0] + [_lat_ms(dev, model, k) / 1000.0 for k in range(1, top + 1)])
             slots.append(_Slot([a["session"]], [model], [b], None, table.__getitem__, table))
-            self._cap[a["session"]] = self._admission_cap(a, sessions[a["session"]], table[b] * 1000.0, duty_s)
+            self._cap[a["session"]] = (b, float(table[b]), duty_s)
             i += 1
         return slots
 
-    @staticmethod
-    def _admission_cap(alloc: dict[str, Any], session: dict[str, Any], lat_ms: float, duty_s: float) -> int:
-        """Admission control: a session gets ``batch`` requests per duty cycle, so a queue longer than
-        ``batch * floor((L' - l(b)) / d + 1)`` cannot all be served within the budget ``L'``; the excess is
-        dropped on arrival with reason ``overload`` (at least one full batch is always admitted)."""
-        b = int(alloc["batch"])
-        budget = float(session.get("budget_ms", session["slo_ms"]))
-        d = duty_s * 1000.0
-        cycles = max(1, math.floor(max(0.0, budget - lat_ms) / d) + 1) if d > 0 else 1
-        return b * cycles
+    def _admits(self, session: str, queued: int, left_s: float) -> bool:
+        """Admission control: a session gets ``b`` requests per duty cycle ``d``, so a request that finds
+        ``queued`` ahead of it and has ``left_s`` until its device deadline can be served only if
+        ``queued < b * (floor((left_s - l(b)) / d) + 1)``; else it is dropped on arrival (``overload``) instead of
+        queueing behind work it cannot outlast. At least one full batch is always admitted. The request's own
+        deadline counts, not the stage budget: a query stage whose parent finished early has more time, so a
+        fan-out burst (one child per detected box) is not turned away."""
+        cap = self._cap.get(session)
+        if cap is None:
+            return True
+        b, lat_s, duty_s = cap
+        cycles = max(1, math.floor(max(0.0, left_s - lat_s) / duty_s) + 1) if duty_s > 0 else 1
+        return queued < b * cycles
 
     # ------------------------------------------------------------------------------------------ duty cycle
     async def _run_cycles(self) -> None:
