@@ -125,7 +125,9 @@ def _ray(raws: dict[str, float], models: dict[str, list[str]], quick: bool) -> d
     from ..models import zoo
 
     grid = [(16, 0.005)] if quick else [(8, 0.002), (8, 0.01), (16, 0.005), (16, 0.01), (32, 0.01)]
-    fracs = (0.1, 0.3, 0.5) if quick else (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    # From very light loads up: Ray Serve's per-request overhead on 2 shared cores can miss 99% already at 10% of
+    # raw, and its goodput at 99% must be measured, not left undefined.
+    fracs = (0.02, 0.05, 0.1, 0.3, 0.5) if quick else (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
     dur = 4.0 if quick else 6.0
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     out: dict[str, Any] = {}
@@ -146,7 +148,9 @@ def _ray(raws: dict[str, float], models: dict[str, list[str]], quick: bool) -> d
                     points.append(r)
                     if r["slo_attainment"] < 0.99:
                         misses += 1
-                        if misses >= 2:
+                        if misses >= 2 and any(p["slo_attainment"] >= 0.99 for p in points):
+                            break
+                        if misses >= 4:
                             break
                 ok = [p for p in points if p["slo_attainment"] >= 0.99]
                 results.append({"max_batch_size": mbs, "batch_wait_timeout_s": wait,
