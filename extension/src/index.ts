@@ -1,12 +1,14 @@
 /**
  * The nexus-lab-panel JupyterLab plugin: the Nexus panel in the left sidebar and its commands in the palette.
- * Wiring only: the panel is in panel.ts, data handling in model.ts; talks to nothing but /nexus/api and the console.
+ * Wiring only: the panel is in panel.ts, data handling in model.ts, the dashboard view in dashboard.ts; talks to
+ * nothing but /nexus/api and the controller's kernel.
  */
 import { ILabShell, ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { ICommandPalette } from '@jupyterlab/apputils';
+import { INotebookTracker } from '@jupyterlab/notebook';
 import { LabIcon } from '@jupyterlab/ui-components';
 
-import { IControllerInfo } from './model';
+import { openDashboard } from './dashboard';
 import { NexusPanel } from './panel';
 
 export const nexusIcon = new LabIcon({
@@ -26,36 +28,20 @@ export namespace CommandIDs {
   export const resume = 'nexus-lab:resume';
 }
 
-/** Open a console on the controller's kernel, beside the notebook, and show its dashboard there. */
-async function openDashboard(app: JupyterFrontEnd, c: IControllerInfo): Promise<void> {
-  if (c.kernelId === null) {
-    throw new Error(`Controller ${c.name} does not run in a Jupyter kernel (pid ${c.pid}); show its dashboard there.`);
-  }
-  const code = `import nexus_lab.lab\nnexus_lab.lab.show_dashboard(${JSON.stringify(c.id)})`;
-  // eslint-disable-next-line @typescript-eslint/no-explicit-any
-  const panel: any = await app.commands.execute('console:create', {
-    kernelPreference: { id: c.kernelId },
-    insertMode: 'split-right',
-    activate: true,
-    name: `Nexus: ${c.name}`
-  });
-  await panel.sessionContext.ready;
-  await panel.console.inject(code);
-}
-
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'nexus-lab-panel:plugin',
   description: 'A live Nexus side panel over every running nexus_lab controller.',
   autoStart: true,
   requires: [ILabShell],
-  optional: [ICommandPalette, ILayoutRestorer],
+  optional: [ICommandPalette, ILayoutRestorer, INotebookTracker],
   activate: (
     app: JupyterFrontEnd,
     shell: ILabShell,
     palette: ICommandPalette | null,
-    restorer: ILayoutRestorer | null
+    restorer: ILayoutRestorer | null,
+    notebooks: INotebookTracker | null
   ) => {
-    const panel = new NexusPanel({ openDashboard: c => openDashboard(app, c) });
+    const panel = new NexusPanel({ openDashboard: c => openDashboard(app, notebooks, c, nexusIcon) });
     panel.title.icon = nexusIcon;
     panel.title.caption = 'Nexus';
     shell.add(panel, 'left', { rank: 700 });

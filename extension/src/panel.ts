@@ -40,7 +40,7 @@ function el<K extends keyof HTMLElementTagNameMap>(
 }
 
 export interface INexusPanelOptions {
-  /** Open the dashboard of a controller (the plugin runs it in a console on the controller's kernel). */
+  /** Open the dashboard of a controller (the plugin runs it on its notebook's kernel, in a view beside it). */
   openDashboard: (controller: IControllerInfo) => Promise<void>;
 }
 

@@ -16,7 +16,7 @@ __all__ = ["Registration", "list_registrations", "live_controller", "register", 
 
 def show_dashboard(controller_id: str) -> Any:
     """The live dashboard of the controller registered under ``controller_id`` in this kernel (the panel's
-    "open dashboard" runs this in a console on the controller's kernel).
+    "open dashboard" runs this on the kernel of the notebook that holds the controller, in a view beside it).
     """
     ctl = live_controller(controller_id)  # an unknown id fails here, before the widget libraries load
     from ..widgets import dashboard

@@ -163,23 +163,38 @@ def test_panel_lists_controller_moves_replans_and_sees_close(lab):
             page.evaluate("window.jupyterapp.commands.execute('nexus-lab:resume')")
             expect(panel.locator('button[data-action="pause"]')).to_be_visible(timeout=5_000)
 
-            # open the dashboard: a console on the controller's kernel runs nexus_lab.lab.show_dashboard("<id>")
-            cid = panel.locator(".jp-NexusPanel-select").input_value()
-            panel.locator('button[data-action="dashboard"]').click()
-            console = page.locator(".jp-CodeConsole")
-            expect(console).to_be_visible(timeout=30_000)
-            expect(console.locator(".jp-CodeConsole-content")).to_contain_text(f'show_dashboard("{cid}")',
-                                                                                timeout=30_000)
-            sessions = json.loads(urllib.request.urlopen(f"{lab.url}/api/sessions?token={lab.token}").read())
+            # open the dashboard: a view split right of the notebook runs nexus_lab.lab.show_dashboard("<id>") on the
+            # notebook's own kernel connection, so its widget manager renders the live plotly figures
             kernel_id = _controllers(lab)[0]["kernel_id"]
             assert kernel_id is not None
-            assert {s["type"] for s in sessions if s["kernel"]["id"] == kernel_id} == {"notebook", "console"}
-            # the kernel ran it: the prompt shows a number, and show_dashboard found the live controller
-            content = console.locator(".jp-CodeConsole-content")
-            expect(content.locator(".jp-InputPrompt").filter(has_text=re.compile(r"\[\d+\]")).first).to_be_visible(
-                timeout=90_000)
-            assert "Traceback" not in content.inner_text(), content.inner_text()
+            panel.locator('button[data-action="dashboard"]').click()
+            view = page.locator(".jp-NexusDashboardView")
+            expect(view).to_have_count(1, timeout=30_000)
+            expect(view).to_be_visible()
+            tab = page.locator("#jp-main-dock-panel .lm-TabBar-tab").filter(has_text="Nexus dashboard")
+            expect(tab).to_have_count(1)
+            expect(tab).to_contain_text(live["name"])
+            dash = view.locator(".nexus-dashboard")
+            expect(dash).to_have_count(1, timeout=90_000)
+            plots = dash.locator(".js-plotly-plot")
+            expect(plots.first).to_be_visible(timeout=60_000)
+            assert plots.count() >= 1
+            text = view.inner_text()
+            assert "Error displaying widget" not in text and "Traceback" not in text, text
+            expect(view.locator(".jp-NexusDashboardView-status")).to_be_hidden()
+            # beside the notebook, not instead of it; the notebook kernel ran it (no console session was opened)
+            assert page.locator(".jp-NotebookPanel").first.is_visible()
+            nb_box, view_box = page.locator(".jp-NotebookPanel").first.bounding_box(), view.bounding_box()
+            assert view_box["x"] >= nb_box["x"] + nb_box["width"] - 2, (nb_box, view_box)
+            sessions = json.loads(urllib.request.urlopen(f"{lab.url}/api/sessions?token={lab.token}").read())
+            assert {s["type"] for s in sessions if s["kernel"]["id"] == kernel_id} == {"notebook"}
+            # the panel shows no error after the dashboard opened
+            expect(panel.locator(".jp-NexusPanel-message.jp-mod-error")).to_have_count(0)
+            # a second click re-activates the open view rather than starting another dashboard
+            panel.locator('button[data-action="dashboard"]').click()
             page.wait_for_timeout(1000)
+            expect(view).to_have_count(1)
+            page.wait_for_timeout(1500)
             page.screenshot(path=str(SHOTS / "panel-dashboard.png"))
 
             # dark theme: the panel follows it (theme variables only)
