@@ -27,8 +27,10 @@ def plan_report(plan: Plan) -> str:
                          f"{g.occupancy:.0%}" if first else "", f"{g.memory_mb:.0f}" if first else "",
                          a.session, str(a.batch), f"{a.rate:.1f}"])
     out = [f"policy {plan.policy}: {plan.num_gpus} GPUs (lower bound {plan.lower_bound_gpus:.2f})"]
-    if plan.rate_fraction != 1.0:
+    if plan.rate_fraction < 1.0:
         out.append(f"every rate scaled to {plan.rate_fraction:.1%} to fit the cluster")
+    elif plan.rate_fraction > 1.0:
+        out.append(f"planned for {plan.rate_fraction:.2f}x every rate: the spare GPUs are headroom")
     out.append(_table(rows, ["gpu", "duty ms", "occ", "mem MB", "session", "batch", "rate/s"]))
     for q in plan.queries:
         out.append(f"query {q.name} (SLO {q.slo_ms:g} ms): " +

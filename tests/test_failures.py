@@ -61,7 +61,8 @@ def test_bad_edits_and_inputs_are_rejected_before_sending():
 
 @timing
 def test_overload_drops_early_without_congestion_collapse():
-    with nexus_lab.start(gpus=2, device=SIM, epoch_s=3600, poll_s=0.5) as ctl:
+    # fill=1: the plan takes the fewest GPUs, so 2x the planned rate is a real overload (no spare GPU absorbs it)
+    with nexus_lab.start(gpus=2, device=SIM, epoch_s=3600, poll_s=0.5, fill=1.0) as ctl:
         name = ctl.add_session("vgg16", 100, rate=150, name="cls")
         plan = ctl.apply()
         ctl.pause()  # the plan stays fixed: 2x is an overload, not a re-plan

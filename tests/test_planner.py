@@ -232,3 +232,21 @@ def test_improve_output_is_valid_on_titan_x_mixes(seed, n):
     validate(final, wl)
     assert final.num_gpus <= greedy.num_gpus
     assert final.num_gpus >= math.ceil(final.lower_bound_gpus - 1e-9)
+
+
+def test_fill_turns_idle_gpus_into_headroom():
+    wl = load_workload({"sessions": [{"model": "vgg16", "slo_ms": 100, "rate": 150},
+                                     {"model": "vgg_s", "slo_ms": 50, "rate": 100}]})
+    least = plan_workload(wl, gpus=6)
+    assert least.rate_fraction == 1.0 and least.num_gpus < 6
+    for gpus in (least.num_gpus, least.num_gpus + 1, 6):
+        plan = plan_workload(wl, gpus=gpus, fill=2.0)
+        validate(plan, wl)  # checked against the workload scaled by plan.rate_fraction
+        assert plan.num_gpus <= gpus and 1.0 <= plan.rate_fraction <= 2.0
+        assert {u.session for u in plan.unserved} <= {u.session for u in least.unserved}
+    assert plan_workload(wl, gpus=6, fill=2.0).rate_fraction == 2.0  # plenty of room: the whole factor
+    assert plan_workload(wl, gpus=least.num_gpus + 1, fill=2.0).rate_fraction > 1.0
+    assert plan_workload(wl, fill=2.0).rate_fraction == 1.0  # no cluster size: nothing is idle
+    for bad in (0.5, float("nan"), "2"):
+        with pytest.raises(ValueError, match="fill"):
+            plan_workload(wl, gpus=6, fill=bad)

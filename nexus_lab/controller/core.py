@@ -64,6 +64,10 @@ class Controller:
         How often backends' stats windows are collected (seconds).
     headroom : float
         Measured rates are planned at ``(1 + headroom)`` times their moving average.
+    fill : float
+        When the load leaves workers idle, plan for up to ``fill`` times every rate (``plan_workload(fill=...)``):
+        idle GPUs become headroom for bursts and a rising load. 1: plan the fewest GPUs, as Nexus does (freed
+        workers serve nothing, so on a dedicated cluster that only costs latency).
     workload : Workload, path or mapping, optional
         Models (and sessions/queries) to start with; rates of its sessions are declared.
     policy : str
@@ -84,7 +88,8 @@ class Controller:
     """
 
     def __init__(self, client: Any, *, device: str | None = None, epoch_s: float = 30.0, poll_s: float = 1.0,
-                 rate_threshold: float = 0.2, headroom: float = 0.1, workload: Workload | str | Mapping | None = None,
+                 rate_threshold: float = 0.2, headroom: float = 0.1, fill: float = 2.0,
+                 workload: Workload | str | Mapping | None = None,
                  policy: str = "nexus", security: Any = None, auto: bool = True, history: int = 3600,
                  rpc_timeout_s: float = 30.0, coalesce_ms: float = 1.0, max_coalesce: int = 64,
                  net_ms: float | None = RUNTIME_NET_MS) -> None:
@@ -94,6 +99,8 @@ class Controller:
                 raise ValueError(f"{name}: must be a number > {lo:g}, got {val!r}")
         if not headroom >= 0:
             raise ValueError(f"headroom: must be >= 0, got {headroom!r}")
+        if not (isinstance(fill, (int, float)) and 1.0 <= fill <= 100.0):
+            raise ValueError(f"fill: must be a number in [1, 100], got {fill!r}")
         if isinstance(client, str):
             from distributed import Client
 
@@ -106,6 +113,7 @@ class Controller:
         self.poll_s = float(poll_s)
         self.rate_threshold = float(rate_threshold)
         self.headroom = float(headroom)
+        self.fill = float(fill)
         self.policy = policy
         self.rpc_timeout_s = float(rpc_timeout_s)
         self._cluster: Any = None  # set by ``start``: closed with the controller
@@ -283,7 +291,7 @@ class Controller:
         workers = self._workers()
         if not workers:
             raise RuntimeError("cluster: no workers")
-        return plan_workload(self.workload, self.policy, gpus=len(workers))
+        return plan_workload(self.workload, self.policy, gpus=len(workers), fill=self.fill)
 
     def _session_table(self, plan: Plan, wl: Workload) -> dict[str, dict[str, Any]]:
         profiles = session_profiles(plan, wl)
@@ -346,7 +354,7 @@ class Controller:
                 pins = dict(self._pins)
                 old = {w: self._current.get(w) for w in workers}
             if given is None:
-                plan = plan_workload(wl, self.policy, gpus=len(workers))
+                plan = plan_workload(wl, self.policy, gpus=len(workers), fill=self.fill)
             else:
                 if given.num_gpus > len(workers):
                     raise ValueError(f"plan.gpus: {given.num_gpus} GPUs, but the cluster has {len(workers)} workers")
@@ -650,7 +658,8 @@ class Controller:
                         "device": self.device, "epoch_s": self.epoch_s, "version": self._version,
                         "plan_age_s": None if self._planned_at is None else time.time() - self._planned_at,
                         "paused": self._paused, "dashboard_link": link,
-                        "lower_bound_gpus": plan.lower_bound_gpus if plan else None},
+                        "lower_bound_gpus": plan.lower_bound_gpus if plan else None,
+                        "rate_fraction": plan.rate_fraction if plan else None},
             "gpus": gpus, "sessions": sessions, "queries": queries,
             "unserved": [u.to_dict() for u in plan.unserved] if plan else [],
         }

@@ -50,19 +50,20 @@ def edited_workload(workload: Workload, edits: Mapping[str, Mapping[str, Any]], 
 
 
 def preview_edits(workload: Workload, edits: Mapping[str, Mapping[str, Any]], *, before: Plan | None = None,
-                  policy: str = "nexus", gpus: int | None = None, profile_set: str | None = None) -> Preview:
+                  policy: str = "nexus", gpus: int | None = None, profile_set: str | None = None,
+                  fill: float = 1.0) -> Preview:
     """Plan ``workload`` with ``edits`` and compare with ``before`` (default: the plan of ``workload`` itself).
 
     Refuses with the reason when the workload editor rejects a value or the planner cannot serve an edited
     session (``plan.unserved`` gives its reason).
     """
     if before is None:
-        before = plan_workload(workload, policy, gpus=gpus)
+        before = plan_workload(workload, policy, gpus=gpus, fill=fill)
     try:
         wl = edited_workload(workload, edits, profile_set)
     except WorkloadError as exc:
         return Preview(before.num_gpus, None, error=str(exc))
-    after = plan_workload(wl, policy, gpus=gpus)
+    after = plan_workload(wl, policy, gpus=gpus, fill=fill)
     bad = [u for u in after.unserved if u.session in edits or u.session.split("/")[0] in edits]
     if bad:
         return Preview(before.num_gpus, after.num_gpus, error="; ".join(f"{u.session}: {u.reason}" for u in bad),

@@ -53,11 +53,13 @@ def aggregate(windows: Iterable[Mapping[str, Any]], gpu_of: Mapping[str, int | N
                 acc["latency_p99_ms"] = max(acc["latency_p99_ms"] or 0.0, float(rec["p99_ms"]))
     sessions = {}
     for s, acc in sorted(per.items()):
-        ended = acc["arrivals"]
+        # Outcomes, counted when each request ended (as ``within_slo`` is), not arrivals: a window boundary between
+        # a request's arrival and its reply would otherwise push attainment past 1.
+        ended = acc["served"] + sum(acc["drops"].values()) + acc["errors"]
         sessions[s] = {
             "offered_rate": acc["arrivals"] / span,
             "goodput": acc["within_slo"] / span,
-            "slo_attainment": acc["within_slo"] / ended if ended else 1.0,
+            "slo_attainment": acc["within_slo"] / ended if ended else 1.0, "ended": ended,
             "requests": acc["arrivals"], "served": acc["served"], "within_slo": acc["within_slo"],
             "errors": acc["errors"], "drops": dict(acc["drops"]),
             "latency_p50_ms": acc["_p50w"] / acc["_p50n"] if acc["_p50n"] else None,
@@ -76,12 +78,13 @@ def aggregate(windows: Iterable[Mapping[str, Any]], gpu_of: Mapping[str, int | N
 
 def _totals(sessions: Mapping[str, Mapping[str, Any]], span: float) -> dict[str, Any]:
     arrivals = sum(m["requests"] for m in sessions.values())
+    ended = sum(m["ended"] for m in sessions.values())
     within = sum(m["within_slo"] for m in sessions.values())
     drops: Counter[str] = Counter()
     for m in sessions.values():
         drops.update(m["drops"])
     return {"offered_rate": arrivals / span if span else 0.0, "goodput": within / span if span else 0.0,
-            "slo_attainment": within / arrivals if arrivals else 1.0, "requests": arrivals, "drops": dict(drops),
+            "slo_attainment": within / ended if ended else 1.0, "requests": arrivals, "drops": dict(drops),
             "errors": sum(m["errors"] for m in sessions.values())}
 
 

@@ -117,8 +117,12 @@ def _pack_prefix(packer: Packer, dms: Sequence[Demand], workload: Workload, gpus
 
 
 def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = None, *,
-                  split: str = "dp", prefix: bool = True) -> Plan:
+                  split: str = "dp", prefix: bool = True, fill: float = 1.0) -> Plan:
     """Plan ``workload`` with ``policy``; with ``gpus``, the largest common rate fraction that fits that many.
+
+    ``fill`` > 1 (with ``gpus``) turns GPUs the load leaves idle into headroom: the plan is for the largest common
+    factor ``f <= fill`` of every rate that still fits ``gpus`` (``plan.rate_fraction = f``), so Poisson bursts
+    and a rising load meet spare batch slots instead of a full queue. 1 plans the minimum, as Nexus does.
 
     ``split`` picks the query SLO split (``dp``: ``query.optimal_split``; ``even``). With ``prefix`` (and a
     policy in ``PREFIX_POLICIES``) sessions of one prefix group and SLO are planned as a prefix session plus one
@@ -138,6 +142,8 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
         raise ValueError(f"policy: must be one of {sorted(table)}, got {policy!r}")
     if gpus is not None and gpus < 1:
         raise ValueError(f"gpus: must be >= 1, got {gpus}")
+    if not (isinstance(fill, (int, float)) and 1.0 <= fill <= 100.0):
+        raise ValueError(f"fill: must be a number in [1, 100], got {fill!r}")
     budgets = query_budgets(workload, split)
     blocked = _blocked(workload, budgets)
     packer = table[policy]
@@ -184,7 +190,24 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
     if gpus is not None and policy in DEDICATED_POLICIES:
         return _within_capacity(full, workload)
     if gpus is None or full.num_gpus <= gpus:
-        return full
+        if gpus is None or fill <= 1.0 or full.num_gpus >= gpus or policy in DEDICATED_POLICIES:
+            return full
+        # Headroom: the largest factor f in [1, fill] whose plan still fits, serving everything ``full`` serves.
+        unserved = {u.session for u in full.unserved}
+        lo, hi, best = 1.0, float(fill), full
+        top = make(hi)
+        if top.num_gpus <= gpus and {u.session for u in top.unserved} <= unserved:
+            return top
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            cand = make(mid)
+            if cand.num_gpus <= gpus and {u.session for u in cand.unserved} <= unserved:
+                lo, best = mid, cand
+            else:
+                hi = mid
+            if hi - lo < 0.01:
+                break
+        return best
     # Largest common fraction f of every rate whose plan fits the cluster: GPUs needed grow with f.
     lo, hi, best = 0.0, 1.0, make(0.0)
     for _ in range(30):

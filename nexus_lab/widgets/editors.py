@@ -145,7 +145,7 @@ class SloEditor:
         before = self.ctl.current_plan
         pv = preview_edits(wl, self.edits, before=before if before is not None else None,
                            policy=getattr(self.ctl, "policy", "nexus"), gpus=_cluster_gpus(self.ctl),
-                           profile_set=_profile_set(self.ctl))
+                           profile_set=_profile_set(self.ctl), fill=getattr(self.ctl, "fill", 1.0))
         self.last_preview = pv
         if not pv.ok:
             self.preview_html.value = _msg(f"refused: {pv.error}", False)
