@@ -125,7 +125,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         ctl.editor.add_model(model, {"latency_ms": lat, "std_ms": std,
                                      "memory_mb": {b: 100.0 + b for b in BATCHES}})
         best, sweep = nexus_sweep(ctl, {"convnet": model}, raw, (0.2, 0.4, 0.6) if quick else
-                                  (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8), 4.0 if quick else 6.0)
+                                  tuple(round(0.1 + 0.05 * k, 2) for k in range(15)), 4.0 if quick else 6.0)
     finally:
         ctl.close()
     goodput = best["goodput"] if best else 0.0

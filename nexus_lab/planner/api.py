@@ -120,7 +120,7 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
                   split: str = "dp", prefix: bool = True, fill: float = 1.0) -> Plan:
     """Plan ``workload`` with ``policy``; with ``gpus``, the largest common rate fraction that fits that many.
 
-    ``fill`` > 1 (with ``gpus``) turns GPUs the load leaves idle into headroom: the plan is for the largest common
+    ``fill`` > 1 (with ``gpus``) turns capacity the load leaves idle into headroom: the plan is for the largest common
     factor ``f <= fill`` of every rate that still fits ``gpus`` (``plan.rate_fraction = f``), so Poisson bursts
     and a rising load meet spare batch slots instead of a full queue. 1 plans the minimum, as Nexus does.
 
@@ -190,9 +190,10 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
     if gpus is not None and policy in DEDICATED_POLICIES:
         return _within_capacity(full, workload)
     if gpus is None or full.num_gpus <= gpus:
-        if gpus is None or fill <= 1.0 or full.num_gpus >= gpus or policy in DEDICATED_POLICIES:
+        if gpus is None or fill <= 1.0 or policy in DEDICATED_POLICIES:
             return full
-        # Headroom: the largest factor f in [1, fill] whose plan still fits, serving everything ``full`` serves.
+        # Headroom: the largest factor f in [1, fill] whose plan still fits, serving everything ``full`` serves
+        # (idle GPUs and the unused share of a residual GPU's duty cycle alike).
         unserved = {u.session for u in full.unserved}
         lo, hi, best = 1.0, float(fill), full
         top = make(hi)
