@@ -236,6 +236,27 @@ def test_dashboard_refreshes_and_stops(ctl):
     assert not d.running
 
 
+def test_closing_the_dashboard_by_model_id_stops_it(ctl):
+    """The panel's dashboard view closes its widget by model id when its tab closes (``nexus_lab.lab.close_widget``)."""
+    from ipywidgets.widgets.widget import _instances
+
+    from nexus_lab.lab import close_widget
+
+    w = dashboard(ctl, interval_s=0.2)
+    d = w.dashboard
+    _instances["nexus-test-model"] = w  # outside a kernel widgets have no comm: register it as a kernel would
+    try:
+        assert d.running
+        assert close_widget("nexus-test-model") is True
+        assert not d.running
+        assert close_widget("no-such-model") is False
+        with pytest.raises(ValueError, match="model_id"):
+            close_widget("")
+    finally:
+        _instances.pop("nexus-test-model", None)
+        w.close()
+
+
 def test_dashboard_stops_with_the_controller(ctl):
     d = Dashboard(ctl, interval_s=0.1)
     assert d.running

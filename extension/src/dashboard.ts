@@ -14,11 +14,13 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { Panel, Widget } from '@lumino/widgets';
 
 import {
+  closeWidgetsCode,
   consoleDashboardCode,
   dashboardCode,
   dashboardFailure,
   dashboardTitle,
-  pickNotebookForKernel
+  pickNotebookForKernel,
+  widgetModelIds
 } from './dashboardlogic';
 import { IControllerInfo } from './model';
 
@@ -111,9 +113,25 @@ export class DashboardView extends MainAreaWidget<Panel> {
     if (this.isDisposed) {
       return;
     }
+    this._closeInKernel();
     this._host.disposed.disconnect(this._onHostDisposed, this);
     this._host.sessionContext.kernelChanged.disconnect(this._onKernelChanged, this);
     super.dispose();
+  }
+
+  /** Closing the view closes its widgets in the kernel too: the dashboard's refresh thread stops with them. */
+  private _closeInKernel(): void {
+    const code = closeWidgetsCode(widgetModelIds(this._output.model.toJSON()));
+    const kernel = this._host.isDisposed ? null : this._host.sessionContext.session?.kernel;
+    if (code === null || !kernel || kernel.isDisposed) {
+      return;
+    }
+    try {
+      const future = kernel.requestExecute({ code, silent: true, store_history: false, stop_on_error: false });
+      future.done.catch(() => undefined).finally(() => future.dispose());
+    } catch {
+      // a kernel shutting down: its threads go with it
+    }
   }
 
   private _fail(message: string): Error {

@@ -90,3 +90,28 @@ export function dashboardFailure(reply: IExecuteReplyContent, outputs: readonly 
   const shown = outputs.some(o => o.data !== undefined && WIDGET_VIEW_MIMETYPE in o.data);
   return shown ? null : 'show_dashboard ran but displayed no widget (is ipywidgets installed in the kernel?)';
 }
+
+/** The ipywidgets model ids an output area displays (a dashboard view shows one: the dashboard's top widget). */
+export function widgetModelIds(outputs: readonly IOutputLike[]): string[] {
+  const ids: string[] = [];
+  for (const o of outputs) {
+    const view = o.data?.[WIDGET_VIEW_MIMETYPE] as { model_id?: unknown } | undefined;
+    if (view && typeof view.model_id === 'string' && view.model_id !== '' && !ids.includes(view.model_id)) {
+      ids.push(view.model_id);
+    }
+  }
+  return ids;
+}
+
+/**
+ * Python that closes those widgets in the kernel when their view closes, so the dashboard's refresh thread stops
+ * with it (nexus_lab.lab.close_widget); binds no name in the user's namespace. Null when there is nothing to close.
+ */
+export function closeWidgetsCode(modelIds: readonly string[]): string | null {
+  if (modelIds.length === 0) {
+    return null;
+  }
+  const call = (id: string) =>
+    `__import__("nexus_lab.lab", fromlist=["close_widget"]).close_widget(${JSON.stringify(id)})`;
+  return modelIds.map(call).join('\n');
+}

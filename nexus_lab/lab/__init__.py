@@ -10,8 +10,8 @@ from typing import Any
 
 from .registry import Registration, list_registrations, live_controller, register, registry_dir, unregister
 
-__all__ = ["Registration", "list_registrations", "live_controller", "register", "registry_dir", "show_dashboard",
-           "unregister"]
+__all__ = ["Registration", "close_widget", "list_registrations", "live_controller", "register", "registry_dir",
+           "show_dashboard", "unregister"]
 
 
 def show_dashboard(controller_id: str) -> Any:
@@ -22,6 +22,20 @@ def show_dashboard(controller_id: str) -> Any:
     from ..widgets import dashboard
 
     return dashboard(ctl)
+
+
+def close_widget(model_id: str) -> bool:
+    """Close the live widget with this model id (the panel's dashboard view calls it when its tab closes, so the
+    dashboard's refresh thread stops with it). False when no such widget is open in this kernel."""
+    if not isinstance(model_id, str) or not model_id:
+        raise ValueError(f"model_id: must be a non-empty widget model id, got {model_id!r}")
+    from ipywidgets import Widget
+
+    widget = Widget.widgets.get(model_id)
+    if widget is None:
+        return False
+    widget.close()
+    return True
 
 
 def _jupyter_labextension_paths() -> list[dict[str, str]]:

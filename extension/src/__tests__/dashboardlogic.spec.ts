@@ -3,12 +3,14 @@
  * a failed run (kernel error, abort, nothing displayed) from one that displayed the widget.
  */
 import {
+  closeWidgetsCode,
   consoleDashboardCode,
   dashboardCode,
   dashboardFailure,
   dashboardTitle,
   pickNotebookForKernel,
-  WIDGET_VIEW_MIMETYPE
+  WIDGET_VIEW_MIMETYPE,
+  widgetModelIds
 } from '../dashboardlogic';
 
 interface IFake {
@@ -111,5 +113,34 @@ describe('dashboardFailure', () => {
     expect(dashboardFailure({ status: 'ok' }, [])).toMatch(/displayed no widget/);
     const text = { output_type: 'execute_result', data: { 'text/plain': 'None' } };
     expect(dashboardFailure({ status: 'ok' }, [text, { output_type: 'stream' }])).toMatch(/displayed no widget/);
+  });
+});
+
+describe('closing a dashboard view', () => {
+  const view = (id: unknown) => ({ output_type: 'display_data', data: { [WIDGET_VIEW_MIMETYPE]: { model_id: id } } });
+
+  it('finds the widget model ids the view displays, once each', () => {
+    const outputs = [
+      view('m1'),
+      { output_type: 'stream' },
+      { output_type: 'display_data', data: { 'text/plain': 'VBox()' } },
+      view('m1'),
+      view('m2'),
+      view(''),
+      view(42)
+    ];
+    expect(widgetModelIds(outputs)).toEqual(['m1', 'm2']);
+    expect(widgetModelIds([])).toEqual([]);
+  });
+
+  it('closes each one in the kernel without binding names, or does nothing', () => {
+    const code = closeWidgetsCode(['m1', 'a"b']);
+    expect(code).not.toBeNull();
+    const lines = (code as string).split('\n');
+    expect(lines).toHaveLength(2);
+    expect(lines[0]).toBe('__import__("nexus_lab.lab", fromlist=["close_widget"]).close_widget("m1")');
+    expect(lines[1]).toContain('close_widget("a\\"b")');
+    expect(code).not.toMatch(/^\s*\w+\s*=/m);
+    expect(closeWidgetsCode([])).toBeNull();
   });
 });
