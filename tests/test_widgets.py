@@ -264,3 +264,31 @@ def test_dashboard_stops_with_the_controller(ctl):
     d._thread.join(5)
     assert not d.running
     assert not any(t.name == "nexus-dashboard" and t.is_alive() for t in threading.enumerate() if t is d._thread)
+
+
+def test_nvml_devices_reads_every_cuda_device(monkeypatch):
+    """On CUDA hosts the dashboard adds NVML's utilization and memory (``nvidia-ml-py``); here a stand-in module
+    with NVML's API shape, since this machine has no GPU."""
+    import sys
+    import types
+
+    from nexus_lab.widgets.dashboard import nvml_devices
+
+    fake = types.ModuleType("pynvml")
+    fake.nvmlInit = lambda: None
+    fake.nvmlDeviceGetCount = lambda: 2
+    fake.nvmlDeviceGetHandleByIndex = lambda i: i
+    fake.nvmlDeviceGetUtilizationRates = lambda h: types.SimpleNamespace(gpu=(40, 75)[h])
+    fake.nvmlDeviceGetMemoryInfo = lambda h: types.SimpleNamespace(used=(h + 1) * 2**30, total=16 * 2**30)
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    devs = nvml_devices()
+    assert devs == [{"index": 0, "utilization": 0.4, "memory_used_mb": 1024.0, "memory_total_mb": 16384.0},
+                    {"index": 1, "utilization": 0.75, "memory_used_mb": 2048.0, "memory_total_mb": 16384.0}]
+
+    def no_driver() -> None:
+        raise RuntimeError("NVML Shared Library Not Found")
+
+    fake.nvmlInit = no_driver
+    assert nvml_devices() is None  # no driver: the dashboard shows the controller's figures only
+    monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
+    assert nvml_devices() is None

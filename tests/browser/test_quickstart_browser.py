@@ -133,6 +133,7 @@ def test_quickstart_dashboard_and_slo_editor(lab):
             page.locator(".jp-StatusBar-TextItem", has_text="| Idle").first.wait_for(timeout=120_000)
             _shot(page, "01-opened")
             # What a newcomer does: Run All. Interactively the last cell leaves the cluster running.
+            t_run = time.monotonic()
             page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
             plots = page.locator(".nexus-dashboard .js-plotly-plot")
             plots.nth(5).wait_for(timeout=180_000)
@@ -141,6 +142,13 @@ def test_quickstart_dashboard_and_slo_editor(lab):
             page.locator(".nexus-dashboard").scroll_into_view_if_needed()
             # The heatmap and the placement are never empty once a plan runs (the views render asynchronously).
             _wait_for(lambda: _has_data(_figures(page)), 60, "the heatmap and placement figures stayed empty")
+            # "Run all" to a live dashboard: the done-criterion is 30 s on a newcomer's machine; CI runs this beside
+            # other tests on 2 cores, so the figure is recorded (and printed) rather than asserted that tightly.
+            to_live = time.monotonic() - t_run
+            SHOTS.mkdir(parents=True, exist_ok=True)
+            (SHOTS / "quickstart-timing.json").write_text(json.dumps({"run_all_to_live_dashboard_s": to_live}))
+            print(f"run all -> live dashboard: {to_live:.1f} s")
+            assert to_live < 120, to_live
             first = _figures(page)
             _shot(page, "02-dashboard")
             time.sleep(4)
