@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import itertools
 import logging
 import threading
@@ -429,9 +430,17 @@ class Frontend:
                     conn.comm.abort()
             self._conns.clear()
 
+        async def cancel_tasks() -> None:  # the sweeper and any flush: none is left pending when the loop stops
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
         try:
             asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
         finally:
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(cancel_tasks(), self._loop).result(5)
             self._loop.call_soon_threadsafe(self._loop.stop)
             self._thread.join(5)
 
