@@ -348,3 +348,27 @@ def test_epoch_loop_replans_on_rate_moves_and_joining_workers():
         assert c.tick() is None  # paused: the loop measures but never re-plans
         assert c.version == v + 1
         c.resume()
+
+
+def test_load_on_workers_follows_a_live_replan():
+    """Load generators on the workers install the routes the controller publishes after each apply: moving a
+    session to another worker mid-run turns nothing away (``no_route``) once the old backend stops accepting."""
+    pytest.importorskip("nexus_lab.runtime.device")
+    import nexus_lab
+    from nexus_lab.runtime.loadgen import start_load
+
+    with nexus_lab.start(gpus=2, epoch_s=3600.0, poll_s=0.5, fill=1.0) as c:
+        name = c.add_session("vgg_s", slo_ms=100, rate=60, name="moving")
+        c.pin(name, 0)
+        c.apply()
+        c.pause()
+        first = next(w for w, g in c.assignment.items() if g)
+        handle = start_load(c.client, c.frontend, {name: 60.0}, 6.0, workers=[first], seed=2)
+        time.sleep(1.5)
+        c.pin(name, next(w for w in c._workers() if w != first))
+        c.apply()  # the old backend drains for 2 s, then turns requests away: the generator must have moved
+        rep = handle.result()
+    s = rep["sessions"][name]
+    assert s["unfinished"] == 0 and s["failed"] == 0
+    assert s["dropped"].get("no_route", 0) == 0, s["dropped"]
+    assert s["ok"] >= 0.95 * s["offered"]

@@ -403,7 +403,12 @@ class Controller:
             return plan
 
     def _publish(self, wl: Workload, plan: Plan, version: int) -> None:
+        """Scheduler metadata: the workload and plan (a later controller adopts them) and the routes (load
+        generators on workers follow re-plans through them)."""
+        from ..runtime.frontend import ROUTES_KEY
+
         try:
+            self.client.set_metadata(ROUTES_KEY, {"version": version, **self.frontend.routes_config()})
             self.client.set_metadata(_META_KEY, {"workload": wl.to_dict(), "plan": plan.to_dict(), "version": version,
                                                  "measured": sorted(self.editor.measured),
                                                  "pins": dict(self._pins)})

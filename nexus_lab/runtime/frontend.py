@@ -29,6 +29,9 @@ from .results import Dropped, RequestFailed
 
 logger = logging.getLogger("nexus_lab.frontend")
 
+#: Scheduler metadata key under which a controller publishes ``{"version", "routes", "sessions"}`` after every apply.
+ROUTES_KEY = "nexus_lab-routes"
+
 __all__ = ["Frontend", "run_query"]
 
 LOST_GRACE_S = 5.0  # a request with no reply this long after its deadline fails (its backend hung)
@@ -181,6 +184,14 @@ class Frontend:
             self._specs = specs
             listed = {a for b in routes.values() for a, _ in b}
             self._dead -= listed
+
+    def routes_config(self) -> dict[str, Any]:
+        """The installed routes and sessions in the form ``set_routes`` takes (JSON-able): what a controller
+        publishes under ``ROUTES_KEY`` so frontends elsewhere (load generators on workers) follow its re-plans."""
+        with self._lock:
+            return {"routes": {s: [[a, float(w)] for a, w in zip(r.addrs, r.weights, strict=True)]
+                               for s, r in self._routes.items()},
+                    "sessions": {s: dict(v) for s, v in self._sessions.items()}}
 
     def routes_from_cluster(self, timeout_s: float = 10.0) -> dict[str, list[tuple[str, float]]]:
         """Adopt the routes the backends hold (``nexus_state`` of every worker); needs a scheduler address."""

@@ -75,6 +75,26 @@ class _Plan:
     sessions: dict[str, dict[str, Any]]
     coalesce_ms: float = 1.0
     max_coalesce: int = 64
+    follow: bool = False  # follow a controller's re-plans (scheduler metadata ``ROUTES_KEY``)
+
+
+FOLLOW_POLL_S = 0.5  # how often a following generator checks for new routes (within a backend's drain grace)
+
+
+def _follow_routes(fe: Any, client: Any, stop: threading.Event) -> None:
+    """A generator's thread: install the routes a controller publishes after each apply (newer versions only)."""
+    from .frontend import ROUTES_KEY
+
+    seen = -1
+    while not stop.wait(FOLLOW_POLL_S):
+        try:
+            meta = client.get_metadata(ROUTES_KEY, default=None)
+        except Exception:  # a scheduler hiccup: keep the routes we have and try again
+            continue
+        if meta and int(meta.get("version", -1)) > seen:
+            routes = {s: [(str(a), float(w)) for a, w in b] for s, b in meta["routes"].items()}
+            fe.set_routes(routes, meta["sessions"])
+            seen = int(meta["version"])
 
 
 class _Tally:
@@ -211,7 +231,20 @@ def _generator(plan: _Plan, rates: dict[str, float], duration_s: float, kind: st
     with Frontend(None, security=worker.security, coalesce_ms=plan.coalesce_ms,
                   max_coalesce=plan.max_coalesce) as fe:
         fe.set_routes(plan.routes, plan.sessions)
-        report = run_load(fe, rates, duration_s, kind=kind, cv=cv, traces=traces, seed=seed)
+        stop = threading.Event()
+        follower = None
+        if plan.follow:
+            from distributed import get_client
+
+            follower = threading.Thread(target=_follow_routes, args=(fe, get_client(), stop),
+                                        name="nexus-load-follow", daemon=True)
+            follower.start()
+        try:
+            report = run_load(fe, rates, duration_s, kind=kind, cv=cv, traces=traces, seed=seed)
+        finally:
+            stop.set()
+            if follower is not None:
+                follower.join(5)
     report["worker"] = worker.address
     if not keep_latencies:
         for s in report["sessions"].values():
@@ -260,9 +293,13 @@ class LoadHandle:
 
 def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, float], duration_s: float, *,
                kind: str = "poisson", cv: float = 2.0, traces: Mapping[str, Sequence[float]] | None = None,
-               workers: Sequence[str] | None = None, seed: int = 0, keep_latencies: bool = False) -> LoadHandle:
+               workers: Sequence[str] | None = None, seed: int = 0, keep_latencies: bool = False,
+               follow: bool | None = None) -> LoadHandle:
     """Start open-loop load on worker processes: each of ``workers`` (default: all) runs a generator task with
     its own frontend and an equal share of every session's rate (traces are split round robin).
+
+    ``follow`` (default: when given a ``Frontend``, e.g. ``ctl.frontend``) makes the generators install the routes
+    a controller publishes after every apply, so the load follows live re-plans instead of the routes at start.
 
     ``routes_or_frontend_config`` is a ``Frontend`` (its routes are reused), or a dict ``{"routes", "sessions",
     "coalesce_ms"?, "max_coalesce"?}`` in the form ``Frontend.set_routes`` takes.
@@ -274,11 +311,11 @@ def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, 
     cfg = routes_or_frontend_config
     if hasattr(cfg, "_routes") and hasattr(cfg, "sessions"):
         plan = _Plan({s: list(zip(r.addrs, r.weights, strict=True)) for s, r in cfg._routes.items()},
-                     cfg.sessions, cfg.coalesce_s * 1000.0, cfg.max_coalesce)
+                     cfg.sessions, cfg.coalesce_s * 1000.0, cfg.max_coalesce, True if follow is None else follow)
     elif isinstance(cfg, Mapping) and "routes" in cfg and "sessions" in cfg:
         plan = _Plan({s: [(str(a), float(r)) for a, r in b] for s, b in cfg["routes"].items()},
                      {s: dict(v) for s, v in cfg["sessions"].items()}, float(cfg.get("coalesce_ms", 1.0)),
-                     int(cfg.get("max_coalesce", 64)))
+                     int(cfg.get("max_coalesce", 64)), bool(follow))
     else:
         raise ValueError("routes_or_frontend_config: must be a Frontend or a dict with 'routes' and 'sessions'")
     for s, r in rates.items():
