@@ -107,19 +107,27 @@ def utilization_update(fig: go.Figure, lanes: Sequence[str], ages_s: Sequence[fl
 def session_bars_update(goodput: go.Figure, latency: go.Figure, drops: go.Figure,
                         sessions: Sequence[Mapping[str, Any]]) -> None:
     """The per-session panels from ``Controller.state()['sessions']``-like rows (drops: counts in the window)."""
-    names = [s["name"] for s in sessions]
+    names = tuple(s["name"] for s in sessions)
 
     def col(key: str) -> np.ndarray:
         return np.array([np.nan if s.get(key) is None else float(s[key]) for s in sessions], dtype=float)
 
-    goodput.data[0].x, goodput.data[0].y = names, np.nan_to_num(col("offered_rate"))
-    goodput.data[1].x, goodput.data[1].y = names, np.nan_to_num(col("goodput"))
-    latency.data[0].x, latency.data[0].y = names, col("latency_p50_ms")
-    latency.data[1].x, latency.data[1].y = names, col("latency_p99_ms")
-    latency.data[2].x, latency.data[2].y = names, col("slo_ms")
+    def put(tr: Any, y: np.ndarray) -> None:
+        # the session names rarely change: re-sending (and re-validating) 100 strings per trace per second would
+        # be most of the refresh's CPU
+        if tuple(tr.x or ()) != names:
+            tr.x = names
+        tr.y = y
+
+    put(goodput.data[0], np.nan_to_num(col("offered_rate")))
+    put(goodput.data[1], np.nan_to_num(col("goodput")))
+    put(latency.data[0], col("latency_p50_ms"))
+    put(latency.data[1], col("latency_p99_ms"))
+    put(latency.data[2], col("slo_ms"))
+    drops_of = [s.get("drops") or {} for s in sessions]
     for tr in drops.data:
-        tr.x = names
-        tr.y = np.array([float((s.get("drops") or {}).get(tr.name, 0)) for s in sessions], dtype=float)
+        reason = tr.name
+        put(tr, np.array([float(d.get(reason, 0)) for d in drops_of], dtype=float))
 
 
 def gantt_update(fig: go.Figure, bars: Sequence[Bar]) -> None:
@@ -129,7 +137,7 @@ def gantt_update(fig: go.Figure, bars: Sequence[Bar]) -> None:
     start = np.fromiter((b.start_s for b in bars), float, len(bars))
     end = np.fromiter((b.end_s for b in bars), float, len(bars))
     t = fig.data[0]
-    t.y = [b.lane for b in bars]
+    t.y = np.array([b.lane for b in bars], dtype=str)
     t.base = (start - t0) * 1000.0
     t.x = np.maximum((end - start) * 1000.0, 0.05)
     t.marker.color = np.fromiter((session_color_index(b.session) + 0.5 for b in bars), float, len(bars))
