@@ -300,6 +300,8 @@ class Controller:
             prof = profiles.get(s.session)
             budget = prof.budget_ms(s.slo_ms, wl.net_ms) if prof is not None else s.slo_ms
             out[s.session] = {"model": s.model, "slo_ms": float(s.slo_ms), "budget_ms": float(budget)}
+            if prof is not None:  # what the backend keeps back after a batch (the rest of L - L' is spent before)
+                out[s.session].update(post_ms=float(prof.postprocess_ms), net_ms=float(wl.net_ms))
         return out
 
     def apply_plan(self, plan: Plan) -> Plan:

@@ -23,7 +23,7 @@ import threading
 import time
 import weakref
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -45,8 +45,8 @@ DRAIN_GRACE_S = 2.0  # a removed session keeps accepting (and serving) requests 
 
 
 class _Req:
-    """One queued request. ``deadline`` is the device budget deadline: the end-to-end deadline less the session's
-    pre/post-processing and network allowance (``L - L'``)."""
+    """One queued request. ``deadline`` is the device deadline: the end-to-end deadline less what must still
+    happen after the batch (``_allowance_s``)."""
 
     __slots__ = ("deadline", "e2e", "id", "payload", "session", "sink", "start")
 
@@ -448,7 +448,7 @@ class NexusBackend(WorkerPlugin):
             return
         s = self.sessions[session]
         slo = float(s["slo_ms"]) / 1000.0
-        allowance = max(0.0, slo - float(s.get("budget_ms", s["slo_ms"])) / 1000.0)
+        allowance = _allowance_s(s)
         if not self._admits(session, len(q), e2e - allowance - now):
             self._drop(session, rid, sink, DropReason.OVERLOAD)
             return
@@ -787,6 +787,19 @@ class NexusBackend(WorkerPlugin):
                                                       "drops": c["drops"], "errors": c["errors"]})
             except Exception:  # a closing worker: stats are best effort
                 logger.debug("nexus-stats publish failed", exc_info=True)
+
+
+def _allowance_s(session: Mapping[str, Any]) -> float:
+    """Seconds a request's end-to-end deadline must keep after its batch ends: post-processing and the way back.
+
+    Pre-processing and the way here are already spent when a request is queued (its deadline is absolute), so
+    with ``post_ms`` and ``net_ms`` in the session table only those are kept back; a request that arrived early
+    may run later than the plan's ``L'`` would have it, and fewer are dropped for time they still have. Tables
+    without them keep the plan's whole allowance ``SLO - L'``."""
+    slo = float(session["slo_ms"])
+    if "post_ms" in session and "net_ms" in session:
+        return max(0.0, float(session["post_ms"]) + float(session["net_ms"])) / 1000.0
+    return max(0.0, slo - float(session.get("budget_ms", slo))) / 1000.0
 
 
 def _lat_ms(device: Any, model: str, batch: int) -> float:
