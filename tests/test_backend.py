@@ -272,3 +272,14 @@ def test_prefix_group_runs_prefix_once(cpu_cluster):
     assert np.asarray(by["cars"]["result"]).shape[-1] == 10 and np.asarray(by["faces"]["result"]).shape[-1] == 20
     st = call_sync(client, w, "nexus_stats")
     assert st["sessions"]["cars"]["batches"] == 1 and st["sessions"]["faces"]["batches"] == 1
+
+
+def test_device_deadline_keeps_back_only_post_processing_and_the_way_back():
+    from nexus_lab.runtime.backend import _allowance_s
+
+    # the controller's table: L' = 100 - 19 (pre) - 58.5 (post) - 10 (net); pre is spent before a request is queued
+    s = {"slo_ms": 100.0, "budget_ms": 12.5, "post_ms": 58.5, "net_ms": 10.0}
+    assert _allowance_s(s) == pytest.approx(0.0685)
+    # a table without them (older controllers, hand-written tests) keeps the plan's whole allowance SLO - L'
+    assert _allowance_s({"slo_ms": 100.0, "budget_ms": 12.5}) == pytest.approx(0.0875)
+    assert _allowance_s({"slo_ms": 100.0}) == 0.0
