@@ -21,7 +21,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from panel_helpers import CHROMIUM, CHROMIUM_ARGS, REPO, LabServer, write_notebook
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
+# serial: a live cluster, JupyterLab and Chromium on 2 cores; beside the parallel suite they starve each other
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.serial,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} absent")]
 
 SHOTS = REPO / "artifacts" / "screenshots"

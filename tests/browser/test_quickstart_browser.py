@@ -25,7 +25,8 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 SHOTS = REPO / "artifacts" / "screenshots" / "quickstart"
 TOKEN = "nexus-quickstart-test-token"
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow,
+# serial: a live cluster, JupyterLab and Chromium on 2 cores; beside the parallel suite they starve each other
+pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.serial,
               pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} absent (install Debian's "
                                  "chromium; .ci/run does)")]
 
