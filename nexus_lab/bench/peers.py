@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-from .cpu_model import BATCHES, SLO_MS, measure_raw, nexus_sweep, pick_model
+from .cpu_model import BATCHES, SLO_MS, load_grid, measure_raw, nexus_sweep, pick_model
 
 MULTI = 4
 
@@ -33,8 +33,7 @@ def _nexus(quick: bool) -> dict[str, Any]:
 
     model = pick_model()
     out: dict[str, Any] = {}
-    # the same 5% grid as the cpu-model benchmark: one noisy point must not end nexus_lab's sweep early
-    fracs = (0.1, 0.3, 0.5) if quick else tuple(round(0.1 + 0.05 * k, 2) for k in range(13))
+    fracs = (0.1, 0.3, 0.5) if quick else load_grid(0.7)  # the cpu-model benchmark's grid
     dur = 4.0 if quick else 8.0
     for label, models in (("single", [model]), ("multi", _multi_models())):
         ctl = start(gpus=2, device="cpu", auto=False, poll_s=1.0)

@@ -17,7 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..planner import Plan, plan_workload, validate
-from ..planner.api import session_profiles, stage_session
+from ..planner.api import check_fill, session_profiles, stage_session
 from ..workload import Workload, WorkloadError
 from . import html
 from .edits import INITIAL_RATE, WorkloadEditor, base_workload, planned_rates
@@ -99,8 +99,7 @@ class Controller:
                 raise ValueError(f"{name}: must be a number > {lo:g}, got {val!r}")
         if not headroom >= 0:
             raise ValueError(f"headroom: must be >= 0, got {headroom!r}")
-        if not (isinstance(fill, (int, float)) and 1.0 <= fill <= 100.0):
-            raise ValueError(f"fill: must be a number in [1, 100], got {fill!r}")
+        fill = check_fill(fill)
         if isinstance(client, str):
             from distributed import Client
 
@@ -647,18 +646,17 @@ class Controller:
             sessions.append({"name": s.name, "model": s.model, "slo_ms": s.slo_ms, "rate": s.rate,
                              "measured": s.name in measured, "pinned": pins.get(s.name),
                              **_measured(st["sessions"].get(s.name, {})), "gpus": where.get(s.name, [])})
-        st_stats = st
         queries = []
         for q in wl.queries:
             qp = next((x for x in (plan.queries if plan else ()) if x.name == q.name), None)
             budgets = {b.name: b.budget_ms for b in qp.stages} if qp else {}
             queries.append({"name": q.name, "slo_ms": q.slo_ms, "rate": q.rate, "measured": q.name in measured,
-                            "stages": [{"name": st.name, "model": st.model, "parents": list(st.parents),
-                                        "gamma": st.gamma, "budget_ms": budgets.get(st.name, 0.0),
-                                        "session": stage_session(q.name, st.name),
-                                        "gpus": where.get(stage_session(q.name, st.name), []),
-                                        **_measured(st_stats["sessions"].get(stage_session(q.name, st.name), {}))}
-                                       for st in q.stages]})
+                            "stages": [{"name": stage.name, "model": stage.model, "parents": list(stage.parents),
+                                        "gamma": stage.gamma, "budget_ms": budgets.get(stage.name, 0.0),
+                                        "session": stage_session(q.name, stage.name),
+                                        "gpus": where.get(stage_session(q.name, stage.name), []),
+                                        **_measured(st["sessions"].get(stage_session(q.name, stage.name), {}))}
+                                       for stage in q.stages]})
         return {
             "cluster": {"scheduler": self.client.scheduler.address, "workers": len(current),
                         "gpus_used": plan.num_gpus if plan else sum(g is not None for g in current.values()),

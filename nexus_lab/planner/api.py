@@ -116,6 +116,13 @@ def _pack_prefix(packer: Packer, dms: Sequence[Demand], workload: Workload, gpus
     return placed, out_unserved, packed, groups
 
 
+def check_fill(fill: float) -> float:
+    """``fill`` as ``plan_workload`` takes it (a number in [1, 100]), or a ``ValueError`` naming the field."""
+    if not (isinstance(fill, (int, float)) and 1.0 <= fill <= 100.0):
+        raise ValueError(f"fill: must be a number in [1, 100], got {fill!r}")
+    return float(fill)
+
+
 def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = None, *,
                   split: str = "dp", prefix: bool = True, fill: float = 1.0) -> Plan:
     """Plan ``workload`` with ``policy``; with ``gpus``, the largest common rate fraction that fits that many.
@@ -142,8 +149,7 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
         raise ValueError(f"policy: must be one of {sorted(table)}, got {policy!r}")
     if gpus is not None and gpus < 1:
         raise ValueError(f"gpus: must be >= 1, got {gpus}")
-    if not (isinstance(fill, (int, float)) and 1.0 <= fill <= 100.0):
-        raise ValueError(f"fill: must be a number in [1, 100], got {fill!r}")
+    check_fill(fill)
     budgets = query_budgets(workload, split)
     blocked = _blocked(workload, budgets)
     packer = table[policy]
@@ -190,35 +196,35 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
     if gpus is not None and policy in DEDICATED_POLICIES:
         return _within_capacity(full, workload)
     if gpus is None or full.num_gpus <= gpus:
-        if gpus is None or fill <= 1.0 or policy in DEDICATED_POLICIES:
+        if gpus is None or fill <= 1.0:
             return full
         # Headroom: the largest factor f in [1, fill] whose plan still fits, serving everything ``full`` serves
         # (idle GPUs and the unused share of a residual GPU's duty cycle alike).
         unserved = {u.session for u in full.unserved}
-        lo, hi, best = 1.0, float(fill), full
-        top = make(hi)
-        if top.num_gpus <= gpus and {u.session for u in top.unserved} <= unserved:
+
+        def fits_serving_as_much(p: Plan) -> bool:
+            return p.num_gpus <= gpus and {u.session for u in p.unserved} <= unserved
+
+        top = make(float(fill))
+        if fits_serving_as_much(top):
             return top
-        for _ in range(12):
-            mid = (lo + hi) / 2
-            cand = make(mid)
-            if cand.num_gpus <= gpus and {u.session for u in cand.unserved} <= unserved:
-                lo, best = mid, cand
-            else:
-                hi = mid
-            if hi - lo < 0.01:
-                break
-        return best
+        return _largest_fitting(make, 1.0, float(fill), full, fits_serving_as_much, iterations=12, tol=0.01)
     # Largest common fraction f of every rate whose plan fits the cluster: GPUs needed grow with f.
-    lo, hi, best = 0.0, 1.0, make(0.0)
-    for _ in range(30):
+    return _largest_fitting(make, 0.0, 1.0, make(0.0), lambda p: p.num_gpus <= gpus, iterations=30, tol=1e-4)
+
+
+def _largest_fitting(make: Callable[[float], Plan], lo: float, hi: float, best: Plan, fits: Callable[[Plan], bool],
+                     *, iterations: int, tol: float) -> Plan:
+    """Bisection on a common rate factor in ``[lo, hi]``: the plan of the largest factor found that ``fits``
+    (``best`` is the plan at ``lo``, which fits)."""
+    for _ in range(iterations):
         mid = (lo + hi) / 2
         cand = make(mid)
-        if cand.num_gpus <= gpus:
+        if fits(cand):
             lo, best = mid, cand
         else:
             hi = mid
-        if hi - lo < 1e-4:
+        if hi - lo < tol:
             break
     return best
 

@@ -651,8 +651,8 @@ class NexusBackend(WorkerPlugin):
         return self.loop.run_in_executor(self._executor, _timed, dev.run_prefix_batch, slot.prefix_model,
                                          [slot.models[k] for k in live], inputs, [len(parts[k]) for k in live])
 
-    def _finish(self, slot: _Slot, parts: list[list[_Req]], fut: asyncio.Future,
-                formed: tuple[float, float] | None = None) -> None:
+    def _finish(self, slot: _Slot, parts: list[list[_Req]], fut: asyncio.Future, formed: tuple[float, float]
+                ) -> None:
         """Post-process one batch: record it and its lateness, then reply to each of its requests (event loop)."""
         exc = fut.exception()
         live = [k for k, p in enumerate(parts) if p]
@@ -673,8 +673,7 @@ class NexusBackend(WorkerPlugin):
         else:
             per_part = [outputs]
         done = time.time()
-        if formed is not None and formed[0] > 0:
-            self._overrun.append(done - formed[0] - formed[1])
+        self._overrun.append(done - formed[0] - formed[1])
         for k, outs in zip(live, per_part, strict=False):
             session = slot.sessions[k]
             reqs = parts[k]

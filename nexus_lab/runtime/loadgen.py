@@ -81,6 +81,11 @@ class _Plan:
 FOLLOW_POLL_S = 0.5  # how often a following generator checks for new routes (within a backend's drain grace)
 
 
+def _routes_of(config: Mapping[str, Any]) -> dict[str, list[tuple[str, float]]]:
+    """``{"routes": {session: [[address, rate], ...]}}`` (``Frontend.routes_config``, JSON) as ``set_routes`` takes."""
+    return {s: [(str(a), float(w)) for a, w in b] for s, b in config["routes"].items()}
+
+
 def _follow_routes(fe: Any, client: Any, stop: threading.Event) -> None:
     """A generator's thread: install the routes a controller publishes after each apply (newer versions only)."""
     from .frontend import ROUTES_KEY
@@ -92,8 +97,7 @@ def _follow_routes(fe: Any, client: Any, stop: threading.Event) -> None:
         except Exception:  # a scheduler hiccup: keep the routes we have and try again
             continue
         if meta and int(meta.get("version", -1)) > seen:
-            routes = {s: [(str(a), float(w)) for a, w in b] for s, b in meta["routes"].items()}
-            fe.set_routes(routes, meta["sessions"])
+            fe.set_routes(_routes_of(meta), meta["sessions"])
             seen = int(meta["version"])
 
 
@@ -309,13 +313,12 @@ def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, 
     if duration_s <= 0:
         raise ValueError(f"duration_s: must be > 0, got {duration_s}")
     cfg = routes_or_frontend_config
-    if hasattr(cfg, "_routes") and hasattr(cfg, "sessions"):
-        plan = _Plan({s: list(zip(r.addrs, r.weights, strict=True)) for s, r in cfg._routes.items()},
-                     cfg.sessions, cfg.coalesce_s * 1000.0, cfg.max_coalesce, True if follow is None else follow)
-    elif isinstance(cfg, Mapping) and "routes" in cfg and "sessions" in cfg:
-        plan = _Plan({s: [(str(a), float(r)) for a, r in b] for s, b in cfg["routes"].items()},
-                     {s: dict(v) for s, v in cfg["sessions"].items()}, float(cfg.get("coalesce_ms", 1.0)),
-                     int(cfg.get("max_coalesce", 64)), bool(follow))
+    if callable(getattr(cfg, "routes_config", None)):  # a Frontend: its routes, and it follows by default
+        cfg = {**cfg.routes_config(), "coalesce_ms": cfg.coalesce_s * 1000.0, "max_coalesce": cfg.max_coalesce}
+        follow = True if follow is None else follow
+    if isinstance(cfg, Mapping) and "routes" in cfg and "sessions" in cfg:
+        plan = _Plan(_routes_of(cfg), {s: dict(v) for s, v in cfg["sessions"].items()},
+                     float(cfg.get("coalesce_ms", 1.0)), int(cfg.get("max_coalesce", 64)), bool(follow))
     else:
         raise ValueError("routes_or_frontend_config: must be a Frontend or a dict with 'routes' and 'sessions'")
     for s, r in rates.items():
