@@ -10,7 +10,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from .profiles import ProfileError
+from .profiles import BATCH_LATENCIES, ProfileError
 from .workload import WorkloadError, load_workload
 
 
@@ -59,6 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=_positive_float, default=30.0, help="virtual seconds")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--arrivals", default="poisson", choices=["poisson", "uniform", "bursty"])
+    s.add_argument("--batch-latency", default="measured", choices=list(BATCH_LATENCIES),
+                   help="a batch lasts the profile's measured latency (default) or the inflated planning l(b)")
     s.add_argument("--json", action="store_true", help="print the plan and the metrics as JSON")
 
     pr = sub.add_parser("profile", help="measure a built-in torch model's batch latency profile")
@@ -99,7 +101,8 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     # With --gpus the plan serves a fraction of every rate; offer the full rates so the excess shows as drops.
     rates = ({s.session: s.rate / plan.rate_fraction for s in plan.sessions}
              if 0 < plan.rate_fraction < 1 else None)
-    result = simulate(plan, wl, duration_s=args.duration, seed=args.seed, arrivals=args.arrivals, rates=rates)
+    result = simulate(plan, wl, duration_s=args.duration, seed=args.seed, arrivals=args.arrivals, rates=rates,
+                      batch_latency=args.batch_latency)
     if args.json:
         print(json.dumps({"plan": plan.to_dict(), "metrics": result.to_dict()}, indent=2))
     else:

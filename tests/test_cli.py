@@ -43,6 +43,16 @@ def test_plan_with_fixed_cluster_scales_rates(workload, capsys):
     assert 0 < plan["rate_fraction"] < 1
 
 
+def test_simulate_json_with_either_batch_latency(workload, capsys):
+    p50 = {}
+    for mode in ("measured", "planned"):
+        assert main(["simulate", str(workload), "--json", "--duration", "3", "--batch-latency", mode]) == 0
+        out = json.loads(capsys.readouterr().out)
+        assert out["metrics"]["batch_latency"] == mode and out["plan"]["num_gpus"] >= 1
+        p50[mode] = out["metrics"]["sessions"]["vgg16:100"]["latency_p50_ms"]
+    assert p50["measured"] < p50["planned"]  # the device is faster than the inflated planning latency
+
+
 def test_plan_text_report(workload, capsys):
     assert main(["plan", str(workload)]) == 0
     out = capsys.readouterr().out

@@ -49,9 +49,9 @@ def scaled_to_gpus(wl: Workload, gpus: int) -> tuple[Workload, Plan]:
 
 
 def attainment_at_load(wl: Workload, plan: Plan, fraction: float, *, duration_s: float, seed: int = 0,
-                       arrivals: str = "poisson") -> dict[str, float]:
+                       arrivals: str = "poisson", batch_latency: str = "measured") -> dict[str, float]:
     """Per planned session with a route, SLO attainment when every session is offered ``fraction`` of its rate."""
-    res = simulate(plan, wl, duration_s=duration_s, seed=seed, arrivals=arrivals,
+    res = simulate(plan, wl, duration_s=duration_s, seed=seed, arrivals=arrivals, batch_latency=batch_latency,
                    rates={s.session: fraction * s.rate for s in plan.sessions})
     routed = {a.session for g in plan.gpus for a in g.allocations}
     return {name: m.slo_attainment for name, m in res.sessions.items() if name in routed and m.requests}
@@ -67,10 +67,20 @@ def run(quick: bool = False) -> dict[str, Any]:
         res = simulate(plan100, wl100, duration_s=duration, seed=rep)
         best = min(best, time.perf_counter() - t0)
         simulated = res.simulated_requests
-    mixed = mixed_workload(16, seed=2)
-    plan = plan_workload(mixed)
-    att90 = attainment_at_load(mixed, plan, 0.9, duration_s=duration)
-    att90u = attainment_at_load(mixed, plan, 0.9, duration_s=duration, arrivals="uniform")
+    # Done-item 6 on five mixed workloads: Poisson at 90% of every session's planned rate; batches last what the
+    # device measured (the default), and, for the record, the worst case of every batch taking the planning l(b).
+    worst: dict[str, float] = {}
+    worst_planned: dict[str, float] = {}
+    for seed in range(1, 6):
+        mixed = mixed_workload(16, seed=seed)
+        plan = plan_workload(mixed)
+        att = attainment_at_load(mixed, plan, 0.9, duration_s=duration)
+        worst[f"seed{seed}"] = min(att.values())
+        worst_planned[f"seed{seed}"] = min(attainment_at_load(mixed, plan, 0.9, duration_s=duration,
+                                                              batch_latency="planned").values())
+        if seed == 2:
+            att90, gpus90 = att, plan.num_gpus
+            att90u = attainment_at_load(mixed, plan, 0.9, duration_s=duration, arrivals="uniform")
     return {
         "gpus": plan100.num_gpus,
         "sessions": len(plan100.sessions),
@@ -78,8 +88,11 @@ def run(quick: bool = False) -> dict[str, Any]:
         "duration_s": duration,
         "wall_s": round(best, 4),
         "requests_per_s": round(simulated / best),
-        "attainment_at_90pct_min": round(min(att90.values()), 4),
+        "attainment_at_90pct_min": round(min(worst.values()), 4),
+        "attainment_at_90pct_min_by_workload": {k: round(v, 4) for k, v in worst.items()},
+        "attainment_at_90pct_planned_latency_min": round(min(worst_planned.values()), 4),
+        "attainment_at_90pct_planned_latency_by_workload": {k: round(v, 4) for k, v in worst_planned.items()},
         "attainment_at_90pct_uniform_min": round(min(att90u.values()), 4),
         "attainment_at_90pct": {k: round(v, 4) for k, v in att90.items()},
-        "attainment_gpus": plan.num_gpus,
+        "attainment_gpus": gpus90,
     }

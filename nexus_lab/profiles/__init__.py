@@ -3,10 +3,11 @@
 Pure: no torch import at module load (the profiler imports it lazily), no Dask.
 """
 
-from .profile import DEFAULT_NET_MS, DEFAULT_SAFETY, ModelProfile, ProfileError
+from .profile import BATCH_LATENCIES, DEFAULT_NET_MS, DEFAULT_SAFETY, ModelProfile, ProfileError
 from .registry import builtin_profiles, load_profile, profile_set, profile_sets
 
 __all__ = [
+    "BATCH_LATENCIES",
     "DEFAULT_NET_MS",
     "DEFAULT_SAFETY",
     "ModelProfile",

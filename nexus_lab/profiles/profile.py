@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DEFAULT_SAFETY = 1.15
+# How long a simulated batch runs: what the profile measured (mean, give or take its std), or the planning l(b).
+BATCH_LATENCIES = ("measured", "planned")
 DEFAULT_NET_MS = 2.0
 
 
@@ -29,6 +31,10 @@ class ModelProfile:
     * ``lat_ms[b]`` = ``min over b' >= b of (mean(b') + std(b')) * safety`` in ms: the inflated latency on its
       monotone envelope (a batch can always be padded up to a faster measured size);
     * ``mem_mb[b]`` = running max of the measured memory in MiB (more requests never need less memory).
+
+    What a batch really takes on the device is the measurement itself, ``mean_ms[b]`` give or take ``std_ms[b]``
+    (as measured, not inflated): simulated devices run batches with it, so the planner's inflation is the margin
+    it was meant to be.
 
     Examples
     --------
@@ -48,6 +54,8 @@ class ModelProfile:
     safety: float = DEFAULT_SAFETY
     lat_ms: np.ndarray = field(init=False, repr=False)
     mem_mb: np.ndarray = field(init=False, repr=False)
+    mean_ms: np.ndarray = field(init=False, repr=False)
+    std_ms: np.ndarray = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         b = np.asarray(self.batches, dtype=np.int64)
@@ -71,11 +79,15 @@ class ModelProfile:
         envelope = np.minimum.accumulate(inflated[::-1])[::-1]
         lat = np.concatenate(([0.0], envelope))
         memory = np.concatenate(([0.0], np.maximum.accumulate(mem / 2**20)))
-        lat.setflags(write=False)
-        memory.setflags(write=False)
+        measured = np.concatenate(([0.0], mean / 1000.0))
+        spread = np.concatenate(([0.0], std / 1000.0))
+        for table in (lat, memory, measured, spread):
+            table.setflags(write=False)
         object.__setattr__(self, "batches", b)
         object.__setattr__(self, "lat_ms", lat)
         object.__setattr__(self, "mem_mb", memory)
+        object.__setattr__(self, "mean_ms", measured)
+        object.__setattr__(self, "std_ms", spread)
 
     # ------------------------------------------------------------------ queries
     @property

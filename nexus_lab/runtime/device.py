@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..models.zoo import UnknownModelError
-from ..profiles import ModelProfile, load_profile, profile_set, profile_sets
+from ..profiles import BATCH_LATENCIES, ModelProfile, load_profile, profile_set, profile_sets
 from ..profiles.profiler import DEVICE_FORMS, resolve_torch_device
 
 __all__ = ["DEVICE_FORMS", "SIMULATED_MEMORY_MB", "SUFFIX_SHARE", "Device", "DeviceOutOfMemory", "SimulatedDevice",
@@ -126,8 +126,11 @@ def _count(inputs: Sequence[Any] | np.ndarray) -> int:
 
 # ---------------------------------------------------------------------------------------------- simulated
 class SimulatedDevice(Device):
-    """A GPU of a profile set: a batch of b takes the profile's ``lat_ms[b]`` (sleeping, no CPU burned) and a
-    model loaded for max batch B holds ``mem_mb[B]``; loading past ``memory_mb`` raises ``DeviceOutOfMemory``.
+    """A GPU of a profile set: a batch of b takes what the profile measured, ``mean_ms[b]`` plus ``std_ms[b]``
+    times a seeded normal draw (sleeping, no CPU burned), and a model loaded for max batch B holds ``mem_mb[B]``;
+    loading past ``memory_mb`` raises ``DeviceOutOfMemory``. ``batch_latency_ms`` answers the planning latency
+    ``lat_ms[b]`` (mean + std, inflated by the safety factor) that early drop decides with, as on a real GPU;
+    ``batch_latency="planned"`` makes every batch take exactly that (the worst case the plan is checked against).
 
     Models: the set's profiles (``vgg16``, ``vgg_face``, ``vgg_s``, ``yolo9000`` for ``titan-x-pascal``), any
     profile handed to ``load(..., profile=)`` or ``register_profile``, fine-tuned variants ``m-xyz`` / ``m_xyz``
@@ -141,8 +144,13 @@ class SimulatedDevice(Device):
     kind = "simulated"
 
     def __init__(self, profile_set_name: str, memory_mb: float | None = None, *, seed: int = 0,
-                 profiles: Mapping[str, ModelProfile | Mapping | str] | None = None) -> None:
+                 profiles: Mapping[str, ModelProfile | Mapping | str] | None = None,
+                 batch_latency: str = "measured") -> None:
         super().__init__()
+        if batch_latency not in BATCH_LATENCIES:
+            raise ValueError(f"batch_latency: must be one of {list(BATCH_LATENCIES)}, got {batch_latency!r}")
+        self.batch_latency = batch_latency
+        self._jitter = np.random.default_rng([seed, 1])
         self.set_name = profile_set_name
         self.name = f"simulated:{profile_set_name}"
         self._set: dict[str, ModelProfile] = dict(profile_set(profile_set_name))
@@ -257,7 +265,7 @@ class SimulatedDevice(Device):
         n = _count(inputs)
         if n == 0:
             return []
-        t_end = time.perf_counter() + _lat_at(prof, n) / 1000.0
+        t_end = time.perf_counter() + self._took_ms(prof, n) / 1000.0
         outputs = [self._output(model, x) for x in inputs]
         _sleep_until(t_end)
         return outputs
@@ -269,7 +277,8 @@ class SimulatedDevice(Device):
         sl = _check_slices(n, suffix_models, slices)
         pre = self._require(prefix_model)
         sufs = [self._require(m) for m in suffix_models]
-        lat = (_lat_at(pre, n) if n else 0.0) + sum(_lat_at(p, k) for p, k in zip(sufs, sl, strict=True) if k)
+        lat = (self._took_ms(pre, n) if n else 0.0) + sum(self._took_ms(p, k) for p, k in zip(sufs, sl, strict=True)
+                                                          if k)
         t_end = time.perf_counter() + lat / 1000.0
         out: list[list[Any]] = []
         start = 0
@@ -278,6 +287,16 @@ class SimulatedDevice(Device):
             start += k
         _sleep_until(t_end)
         return out
+
+    def _took_ms(self, prof: ModelProfile, batch: int) -> float:
+        """How long a batch runs: measured mean + std x N(0, 1) (clipped to 3 std), or ``l(b)`` when planned."""
+        if self.batch_latency == "planned":
+            return _lat_at(prof, batch)
+        full, rest = divmod(batch, prof.max_batch)
+        sizes = [prof.max_batch] * full + ([rest] if rest else [])
+        with self._lock:
+            z = np.clip(self._jitter.standard_normal(len(sizes)), -3.0, 3.0)
+        return float(sum(max(0.0, prof.mean_ms[b] + prof.std_ms[b] * float(k)) for b, k in zip(sizes, z, strict=True)))
 
     def _output(self, model: str, x: Any) -> Any:
         try:
@@ -529,11 +548,13 @@ class TorchDevice(Device):
 
 
 def make_device(spec: str, *, threads: int = 1, memory_mb: float | None = None,
-                profiles: Mapping[str, ModelProfile | Mapping | str] | None = None) -> Device:
+                profiles: Mapping[str, ModelProfile | Mapping | str] | None = None,
+                batch_latency: str = "measured") -> Device:
     """A device from its spec string: ``cpu``, ``cuda``, ``cuda:N`` or ``simulated:<profile-set>``.
 
-    ``threads``: torch intra-op threads (torch devices). ``memory_mb`` and ``profiles`` (extra model profiles,
-    e.g. a workload's inline ones): simulated devices only.
+    ``threads``: torch intra-op threads (torch devices). ``memory_mb``, ``profiles`` (extra model profiles,
+    e.g. a workload's inline ones) and ``batch_latency`` (``measured`` or ``planned``, see ``SimulatedDevice``):
+    simulated devices only.
 
     Examples
     --------
@@ -549,9 +570,9 @@ def make_device(spec: str, *, threads: int = 1, memory_mb: float | None = None,
         if name not in profile_sets():
             raise ValueError(f"device: unknown profile set {name!r} in {spec!r}; available: "
                              f"{', '.join('simulated:' + s for s in profile_sets())}")
-        return SimulatedDevice(name, memory_mb, profiles=profiles)
+        return SimulatedDevice(name, memory_mb, profiles=profiles, batch_latency=batch_latency)
     if spec == "cpu" or spec == "cuda" or spec.startswith("cuda:"):
-        if memory_mb is not None or profiles:
-            raise ValueError("memory_mb, profiles: apply to simulated devices only")
+        if memory_mb is not None or profiles or batch_latency != "measured":
+            raise ValueError("memory_mb, profiles, batch_latency: apply to simulated devices only")
         return TorchDevice(spec, threads=threads)
     raise ValueError(f"device: {spec!r} is not one of {DEVICE_FORMS}")

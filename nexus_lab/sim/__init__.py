@@ -4,13 +4,14 @@ Pure and deterministic under a seed; depends on the planner's data types and num
 """
 
 from .arrivals import ARRIVAL_KINDS, ArrivalSpec, generate
-from .engine import BATCHING_POLICIES, simulate
+from .engine import BATCH_LATENCIES, BATCHING_POLICIES, simulate
 from .metrics import BatchRecord, GpuMetrics, SessionMetrics, SimResult, Totals
 from .routing import weighted_round_robin
 
 __all__ = [
     "ARRIVAL_KINDS",
     "BATCHING_POLICIES",
+    "BATCH_LATENCIES",
     "ArrivalSpec",
     "BatchRecord",
     "GpuMetrics",

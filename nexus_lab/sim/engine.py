@@ -11,10 +11,11 @@ event per batch. Latencies and metrics are computed vectorised at the end from t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import zlib
 from bisect import bisect_right
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,13 +32,14 @@ from ..batching import (
 )
 from ..planner.plan import Allocation, GpuPlan, Plan
 from ..planner.prefix import members_of, prefix_profile
-from ..profiles import ModelProfile
+from ..profiles import BATCH_LATENCIES, ModelProfile
 from ..workload import Workload
 from .arrivals import ARRIVAL_KINDS, ArrivalSpec, generate
 from .metrics import BatchRecord, GpuMetrics, SessionMetrics, SimResult, Totals
 from .routing import weighted_round_robin
 
 BATCHING_POLICIES = ("duty-cycle", "tf-serving", "triton", "clipper")
+_DEVICE_STREAM = zlib.crc32(b"device")  # seeds the batch-latency draws apart from every session's arrivals
 
 
 @dataclass(frozen=True, eq=False)
@@ -49,7 +51,9 @@ class _Session:
     slo_ms: float
     budget_s: float  # L' in seconds: deadline = arrival + L'
     overhead_ms: float  # pre + post + net, added to every finished request's latency
-    profile: ModelProfile  # what its batches run with (the suffix for a prefix group member)
+    profile: ModelProfile  # what its batches are planned with (the suffix for a prefix group member)
+    run_ms: np.ndarray  # what a batch of b really takes on the device: the measured mean ...
+    run_std_ms: np.ndarray  # ... give or take the measured std
     members: tuple[str, ...] = ()  # set for a prefix session: it runs for these sessions' requests
 
 
@@ -69,10 +73,13 @@ class _Queue:
         "lat_np",
         "n",
         "qi",
+        "run",
+        "sd",
         "sess",
     )
 
-    def __init__(self, qi: int, sess: _Session, gpu: int, alloc: Allocation, arrivals: np.ndarray) -> None:
+    def __init__(self, qi: int, sess: _Session, gpu: int, alloc: Allocation, arrivals: np.ndarray,
+                 measured: bool) -> None:
         self.qi, self.sess, self.gpu, self.alloc = qi, sess, gpu, alloc
         self.arr_np = arrivals
         self.arr = arrivals.tolist()
@@ -83,6 +90,28 @@ class _Queue:
         self.lat_np = sess.profile.lat_ms / 1000.0
         self.lat = self.lat_np.tolist()
         self.batch = min(int(alloc.batch), sess.profile.max_batch)
+        # Decisions (early drop, burst growth) use the planned l(b) in ``lat``; a batch lasts ``run[b]`` plus
+        # ``sd[b]`` times a normal draw clipped to +-3 (``sd`` is None when there is no spread to draw; a std over
+        # a third of the mean is capped there, so no batch lasts less than nothing).
+        if measured:
+            self.run = (sess.run_ms / 1000.0).tolist()
+            spread = np.minimum(sess.run_std_ms, sess.run_ms / 3.0) / 1000.0
+            self.sd = spread.tolist() if np.any(spread > 0) else None
+        else:
+            self.run, self.sd = self.lat, None
+
+    def lasts(self, batch: int, draws: Iterator[float]) -> float:
+        """How long a batch of ``batch`` runs on the device, in seconds."""
+        sd = self.sd
+        if sd is None or not sd[batch]:
+            return self.run[batch]
+        return self.run[batch] + sd[batch] * next(draws)
+
+
+def _normal_draws(rng: np.random.Generator) -> Iterator[float]:
+    """Standard normal draws clipped to +-3, generated in blocks (one ``next`` per batch stays cheap)."""
+    while True:
+        yield from np.clip(rng.standard_normal(4096), -3.0, 3.0).tolist()
 
 
 def _resolve_sessions(plan: Plan, workload: Workload) -> list[_Session]:
@@ -115,16 +144,20 @@ def _resolve_sessions(plan: Plan, workload: Workload) -> list[_Session]:
                 bases.append(base_model(i, by_name[m].model))
             if any(models[b].prefix is None for b in bases):
                 raise ValueError(f"plan.prefix_groups: a member of {s.session!r} runs a model without a prefix")
-            prof = prefix_profile(group, [models[b].prefix.prefix for b in bases])
+            parts = [models[b].prefix.prefix for b in bases]
+            prof = prefix_profile(group, parts)
+            top = prof.max_batch + 1
+            run = np.max([p.mean_ms[:top] for p in parts], axis=0)  # the slowest member's measured prefix
+            spread = np.max([p.std_ms[:top] for p in parts], axis=0)
             budget = min(workload.budget_ms(b, by_name[m].slo_ms) for b, m in zip(bases, members, strict=True))
-            out.append(_Session(s.session, i, s.slo_ms, budget / 1000.0, 0.0, prof, members))
+            out.append(_Session(s.session, i, s.slo_ms, budget / 1000.0, 0.0, prof, run, spread, members))
             continue
         base = base_model(i, s.model)
         whole = models[base].profile
         prof = whole if s.model == base else models[base].prefix.suffix
         budget = whole.budget_ms(s.slo_ms, workload.net_ms)
         overhead = whole.preprocess_ms + whole.postprocess_ms + workload.net_ms
-        out.append(_Session(s.session, i, s.slo_ms, budget / 1000.0, overhead, prof))
+        out.append(_Session(s.session, i, s.slo_ms, budget / 1000.0, overhead, prof, prof.mean_ms, prof.std_ms))
     return out
 
 
@@ -148,7 +181,7 @@ def _arrival_specs(arrivals: str | Mapping[str, ArrivalSpec], cv: float, names: 
 
 # ------------------------------------------------------------------------------------------ the GPU loops
 def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Queue, list]], early_drop: bool,
-                recs: list, fixed_slots: bool = False) -> None:
+                recs: list, draws: Iterator[float], fixed_slots: bool = False) -> None:
     """A Nexus backend: each allocation in turn forms a batch (early drop) and runs it, cycle after cycle.
 
     Work-conserving (the default, as the Dask backends run): a cycle starts as soon as the previous one ends and
@@ -191,7 +224,10 @@ def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Que
     idle = True
     while remaining > 0:
         if idle:
-            nxt = min(q.arr[q.head] for q in real if q.head < q.n)
+            nxt = math.inf
+            for q in real:
+                if q.head < q.n and q.arr[q.head] < nxt:
+                    nxt = q.arr[q.head]
             if not fixed_slots:
                 t_cycle = max(t_cycle, nxt)
             elif nxt > t_cycle + duty:
@@ -211,7 +247,10 @@ def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Que
                     continue
                 b = q.batch
                 lat = q.lat
-                m = bisect_right(arr, t, h, min(q.n, h + b)) - h  # min(queued, b)
+                hi = h + b
+                if hi > q.n:
+                    hi = q.n
+                m = bisect_right(arr, t, h, hi) - h  # min(queued, b)
                 if not early_drop or arr[h] + q.budget_s >= t + lat[m]:
                     drop, take = 0, m
                     if early_drop and m == b and not fixed_slots:
@@ -219,7 +258,11 @@ def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Que
                 else:
                     w = early_drop_sorted(q.dl_np, h, bisect_right(arr, t, h), t, b, q.lat_np)
                     drop, take = w.drop, w.take
-                e = t + lat[take] if take else t
+                if take:  # q.lasts(take, draws), inlined: this is the simulator's hottest line
+                    sd = q.sd
+                    e = t + (q.run[take] if sd is None else q.run[take] + sd[take] * next(draws))
+                else:
+                    e = t
                 append((q.qi, drop, take, t, e))
                 q.head = h + drop + take
                 remaining -= drop + take
@@ -257,10 +300,10 @@ def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Que
             idle = False
             cur = t
             if total:
-                cur = t + q.lat[min(total, len(q.lat) - 1)]
+                cur = t + q.lasts(min(total, len(q.lat) - 1), draws)
                 append((q.qi, 0, total, t, cur))
             for mq, drop, take in formed:
-                e = cur + mq.lat[take] if take else cur
+                e = cur + mq.lasts(take, draws) if take else cur
                 append((mq.qi, drop, take, cur, e))
                 mq.head += drop + take
                 remaining -= drop + take
@@ -272,9 +315,9 @@ def _duty_cycle(gpu: GpuPlan, queues: list[_Queue], prefix: dict[str, tuple[_Que
             t_cycle = t
 
 
-def _baseline(gpu: GpuPlan, q: _Queue, recs: list) -> None:
+def _baseline(gpu: GpuPlan, q: _Queue, recs: list, draws: Iterator[float]) -> None:
     """A dedicated-GPU baseline: one session, its own batching policy, no early drop."""
-    arr, n, lat, b = q.arr, q.n, q.lat, q.batch
+    arr, n, b, lasts = q.arr, q.n, q.batch, q.lasts
     timeout = q.alloc.batch_timeout_ms
     if gpu.batching in ("tf-serving", "triton") and (timeout is None or not timeout >= 0):
         raise ValueError(f"gpus[{gpu.id}].allocations[0].batch_timeout_ms: must be >= 0 for {gpu.batching}")
@@ -285,21 +328,22 @@ def _baseline(gpu: GpuPlan, q: _Queue, recs: list) -> None:
         while h < n:
             close, take = tf_serving_close(arr, h, b, timeout_s)
             s = close if close > free else free
-            free = s + lat[take]
+            free = s + lasts(take, draws)
             append((q.qi, 0, take, s, free))
             h += take
     elif gpu.batching == "triton":
         while h < n:
             s, take = triton_dispatch(arr, h, free, b, timeout_s)
-            free = s + lat[take]
+            free = s + lasts(take, draws)
             append((q.qi, 0, take, s, free))
             h += take
     else:  # clipper
         limit = 1.0
         while h < n:
             s, take = clipper_take(arr, h, free, limit)
-            free = s + lat[take]
-            limit = clipper_next_limit(limit, lat[take], s - arr[h], q.budget_s, b)
+            took = lasts(take, draws)  # Clipper adapts to the latency it observes
+            free = s + took
+            limit = clipper_next_limit(limit, took, s - arr[h], q.budget_s, b)
             append((q.qi, 0, take, s, free))
             h += take
     q.head = n
@@ -309,7 +353,7 @@ def _baseline(gpu: GpuPlan, q: _Queue, recs: list) -> None:
 def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: int = 0,
              arrivals: str | Mapping[str, ArrivalSpec] = "poisson", cv: float = 2.0, early_drop: bool = True,
              trace: bool = False, warmup_s: float = 1.0, rates: Mapping[str, float] | None = None,
-             fixed_slots: bool = False) -> SimResult:
+             fixed_slots: bool = False, batch_latency: str = "measured") -> SimResult:
     """Run ``plan`` on ``workload``'s profiles for ``duration_s`` of virtual time.
 
     Every planned session (user sessions and query stages alike, each at its own rate) gets its own arrival
@@ -318,7 +362,11 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
     sessions have no requests of their own: they run for their members'. Frontends route each request to the
     session's GPUs in proportion to the plan's per-GPU rates (deterministic weighted round robin). GPUs run
     their ``batching`` policy: ``duty-cycle`` (Nexus, early drop unless ``early_drop=False``), ``tf-serving``,
-    ``triton`` or ``clipper``. A batch of b takes the profile's inflated ``l(b)``. A duty-cycle GPU runs its
+    ``triton`` or ``clipper``. Batches are formed with the plan's numbers (the profile's inflated ``l(b)``) and
+    run as long as the device really takes (``batch_latency="measured"``, the default: the profile's measured
+    mean at b plus its measured std times a normal draw, seeded per GPU), so the planner's inflation (mean + std,
+    times the safety factor) is the margin it is on a real GPU; ``"planned"`` runs every batch for the inflated
+    ``l(b)`` instead: the worst case the plan is validated against. A duty-cycle GPU runs its
     allocations in turn, work-conserving, each taking up to its allocation's batch (early drop:
     ``deadline = arrival + L'``) and growing it in a burst while the oldest request still makes its deadline; with
     ``fixed_slots=True`` it runs the paper's fixed cycle instead (see ``_duty_cycle``). After
@@ -340,6 +388,9 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
         raise ValueError(f"warmup_s: must be in [0, duration_s={duration_s}), got {warmup_s!r}")
     if not (math.isfinite(cv) and cv > 0):
         raise ValueError(f"cv: must be a finite number > 0, got {cv!r}")
+    if batch_latency not in BATCH_LATENCIES:
+        raise ValueError(f"batch_latency: must be one of {list(BATCH_LATENCIES)}, got {batch_latency!r}")
+    measured = batch_latency == "measured"
     sessions = _resolve_sessions(plan, workload)
     names = [s.name for s in sessions]
     if len(set(names)) != len(names):
@@ -389,15 +440,16 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
             continue
         target = weighted_round_robin(len(arr), [a.rate for _, a in routes])
         for k, (g, a) in enumerate(routes):
-            q = _Queue(len(queues), s, g.id, a, arr[target == k])
+            q = _Queue(len(queues), s, g.id, a, arr[target == k], measured)
             queues.append(q)
             by_gpu[g.id].append(q)
 
     recs: list[tuple[int, int, int, float, float]] = []
-    for g in plan.gpus:
+    for k, g in enumerate(plan.gpus):
         qs = by_gpu[g.id]
+        draws = _normal_draws(np.random.default_rng([int(seed), _DEVICE_STREAM, k]))
         if g.batching != "duty-cycle":
-            _baseline(g, qs[0], recs)
+            _baseline(g, qs[0], recs, draws)
             continue
         here = {q.sess.name: q for q in qs}
         prefix: dict[str, tuple[_Queue, list]] = {}
@@ -406,9 +458,10 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
             if not index[name].members:
                 continue
             prefix[name] = (q, members)
-        _duty_cycle(g, qs, prefix, early_drop, recs, fixed_slots)
+        _duty_cycle(g, qs, prefix, early_drop, recs, draws, fixed_slots)
 
-    return _metrics(plan, sessions, queues, unrouted, recs, float(duration_s), float(warmup_s), trace)
+    res = _metrics(plan, sessions, queues, unrouted, recs, float(duration_s), float(warmup_s), trace)
+    return dataclasses.replace(res, batch_latency=batch_latency)
 
 
 def _metrics(plan: Plan, sessions: list[_Session], queues: list[_Queue], unrouted: list[tuple[int, np.ndarray]],

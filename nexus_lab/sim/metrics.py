@@ -85,10 +85,12 @@ class SimResult:
     totals: Totals
     trace: list[BatchRecord] | None = None
     simulated_requests: int = 0  # every request simulated, warm-up and drain included (for throughput figures)
+    batch_latency: str = "measured"  # what batches lasted: the profiles' measurements or the planning l(b)
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "duration_s": self.duration_s,
+            "batch_latency": self.batch_latency,
             "sessions": {name: m.to_dict() for name, m in self.sessions.items()},
             "gpus": {str(g): m.to_dict() for g, m in self.gpus.items()},
             "totals": self.totals.to_dict(),
