@@ -75,6 +75,10 @@ def test_requests_end_to_end_and_coalesced(cluster):
         futs = fe.submit_many("cls", [None] * 64)
         assert Counter(outcome(f) for f in futs) == {"ok": 64}
         assert fe.sent_requests == 64 and fe.sent_messages <= 4  # 48 + 16 requests, at most 32 a message
+        # a batch's logits come back as one stacked array (one frame, not one per request): rows share a base
+        out = [f.result() for f in futs]
+        assert all(isinstance(o, np.ndarray) and o.shape == (1000,) for o in out)
+        assert all(o.base is not None for o in out) and len({id(o.base) for o in out}) <= 8
         fe.submit("cls", None).result(5)  # a single request too (raises unless served)
 
         async def go():

@@ -92,6 +92,10 @@ class _MessageSink:
         if len(self.replies) >= self.n and not self.done.done():
             self.done.set_result(self.replies)
 
+    def complete_ok(self, rids: list[Any], outputs: list[Any]) -> None:
+        for rid, out in zip(rids, outputs, strict=True):
+            self.complete(rid, "ok", out)
+
 
 class _StreamSink:
     """Replies of one frontend's persistent stream: batched into one message per wake-up of the writer task."""
@@ -109,6 +113,21 @@ class _StreamSink:
             return
         self.outbox.append([rid, status, _wire(value)])  # lists: inproc comms unwrap serialized values in lists
         self.wake.set()
+
+    def complete_ok(self, rids: list[Any], outputs: list[Any]) -> None:
+        """A batch's results for this stream: arrays of one shape and dtype travel stacked, as one reply
+        ``[ids, "oks", array]`` (one serialized frame instead of one per request, on both sides)."""
+        if self.closed:
+            return
+        first = outputs[0] if outputs else None
+        if (len(rids) > 1 and isinstance(first, np.ndarray)
+                and all(isinstance(o, np.ndarray) and o.shape == first.shape and o.dtype == first.dtype
+                        for o in outputs)):
+            self.outbox.append([list(rids), "oks", _wire(np.stack(outputs))])
+            self.wake.set()
+            return
+        for rid, out in zip(rids, outputs, strict=True):
+            self.complete(rid, "ok", out)
 
     async def writer(self) -> None:
         try:
@@ -385,7 +404,8 @@ class NexusBackend(WorkerPlugin):
 
     async def nexus_stream(self, comm: Any, **_: Any) -> Any:
         """A frontend's persistent duplex stream (event loop): messages ``{"r": [[id, session, deadline,
-        payload], ...]}`` in, ``{"d": [[id, status, value], ...]}`` out, replies batched per wake-up."""
+        payload], ...]}`` in, ``{"d": [[id, status, value], ...]}`` out, replies batched per wake-up; a batch's
+        same-shaped array results come as one ``[[id, ...], "oks", stacked array]``."""
         from distributed.core import Status
 
         sink = _StreamSink(comm)
@@ -683,13 +703,18 @@ class NexusBackend(WorkerPlugin):
             hist_c = self._cum.lat_hist.setdefault(session, [0] * len(LATENCY_BUCKETS_MS))
             hist_w = self._win.lat_hist.setdefault(session, [0] * len(LATENCY_BUCKETS_MS))
             within = 0
+            replies: dict[int, tuple[Any, list[Any], list[Any]]] = {}  # per sink: its ids and outputs
             for st in (self._cum, self._win):
                 st.batches[session] += 1
                 st.batch_sizes.setdefault(session, Counter())[n] += 1
                 st.served[session] += n
             for i, r in enumerate(reqs):
                 out = outs[i] if outs is not None and i < len(outs) else None
-                r.sink.complete(r.id, "ok", out)
+                group = replies.get(id(r.sink))
+                if group is None:
+                    group = replies[id(r.sink)] = (r.sink, [], [])
+                group[1].append(r.id)
+                group[2].append(out)
                 lat_ms = (done - r.start) * 1000.0
                 if done <= r.e2e:
                     within += 1
@@ -700,6 +725,8 @@ class NexusBackend(WorkerPlugin):
                 hist_w[j] += 1
             self._cum.within_slo[session] += within
             self._win.within_slo[session] += within
+            for sink, rids, results in replies.values():
+                sink.complete_ok(rids, results)
 
     def _retire(self) -> None:
         """Forget drained slots of removed sessions and unload models nothing planned uses any more."""

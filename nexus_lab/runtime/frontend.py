@@ -362,6 +362,12 @@ class Frontend:
                 msg = await comm.read()
                 inflight = conn.inflight
                 for rid, status, value in msg["d"]:
+                    if status == "oks":  # one batch's results, stacked: row k is request rid[k]'s
+                        for k, one in enumerate(rid):
+                            r = inflight.pop(one, None)
+                            if r is not None and not r.future.done():
+                                r.future.set_result(value[k])
+                        continue
                     r = inflight.pop(rid, None)
                     if r is None or r.future.done():
                         continue
