@@ -3,7 +3,15 @@
 Pure: no torch import at module load (the profiler imports it lazily), no Dask.
 """
 
-from .profile import BATCH_LATENCIES, DEFAULT_NET_MS, DEFAULT_SAFETY, ModelProfile, ProfileError
+from .profile import (
+    BATCH_LATENCIES,
+    DEFAULT_NET_MS,
+    DEFAULT_SAFETY,
+    ModelProfile,
+    ProfileError,
+    clipped_normal,
+    device_spread,
+)
 from .registry import builtin_profiles, load_profile, profile_set, profile_sets
 
 __all__ = [
@@ -13,6 +21,8 @@ __all__ = [
     "ModelProfile",
     "ProfileError",
     "builtin_profiles",
+    "clipped_normal",
+    "device_spread",
     "load_profile",
     "profile_set",
     "profile_sets",

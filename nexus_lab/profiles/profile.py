@@ -14,7 +14,19 @@ import numpy as np
 DEFAULT_SAFETY = 1.15
 # How long a simulated batch runs: what the profile measured (mean, give or take its std), or the planning l(b).
 BATCH_LATENCIES = ("measured", "planned")
+DRAW_CLIP = 3.0  # a measured batch lasts mean + spread * z, z a standard normal clipped to +-DRAW_CLIP
 DEFAULT_NET_MS = 2.0
+
+
+def clipped_normal(rng: np.random.Generator, n: int) -> np.ndarray:
+    """``n`` standard normal draws clipped to +-``DRAW_CLIP``: the ``z`` of a measured batch's duration."""
+    return np.clip(rng.standard_normal(n), -DRAW_CLIP, DRAW_CLIP)
+
+
+def device_spread(mean_ms: float | np.ndarray, std_ms: float | np.ndarray) -> float | np.ndarray:
+    """The std a simulated batch's duration is drawn with: the measured one, at most ``mean / DRAW_CLIP``, so
+    ``mean + spread * z`` never lasts less than nothing. Shared by the simulator and the simulated GPUs."""
+    return np.minimum(std_ms, np.asarray(mean_ms) / DRAW_CLIP)
 
 
 class ProfileError(ValueError):

@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from ..models.zoo import UnknownModelError
-from ..profiles import BATCH_LATENCIES, ModelProfile, load_profile, profile_set, profile_sets
+from ..profiles import (
+    BATCH_LATENCIES,
+    ModelProfile,
+    clipped_normal,
+    device_spread,
+    load_profile,
+    profile_set,
+    profile_sets,
+)
 from ..profiles.profiler import DEVICE_FORMS, resolve_torch_device
 
 __all__ = ["DEVICE_FORMS", "SIMULATED_MEMORY_MB", "SUFFIX_SHARE", "Device", "DeviceOutOfMemory", "SimulatedDevice",
@@ -289,14 +297,16 @@ class SimulatedDevice(Device):
         return out
 
     def _took_ms(self, prof: ModelProfile, batch: int) -> float:
-        """How long a batch runs: measured mean + std x N(0, 1) (clipped to 3 std), or ``l(b)`` when planned."""
+        """How long a batch runs: the measured mean + ``device_spread`` x a clipped normal draw (the simulator's
+        rule), or ``l(b)`` when planned; above the profile's largest batch, full batches back to back."""
         if self.batch_latency == "planned":
             return _lat_at(prof, batch)
         full, rest = divmod(batch, prof.max_batch)
-        sizes = [prof.max_batch] * full + ([rest] if rest else [])
+        sizes = np.array([prof.max_batch] * full + ([rest] if rest else []))
         with self._lock:
-            z = np.clip(self._jitter.standard_normal(len(sizes)), -3.0, 3.0)
-        return float(sum(max(0.0, prof.mean_ms[b] + prof.std_ms[b] * float(k)) for b, k in zip(sizes, z, strict=True)))
+            z = clipped_normal(self._jitter, len(sizes))
+        mean = prof.mean_ms[sizes]
+        return float(np.sum(mean + device_spread(mean, prof.std_ms[sizes]) * z))
 
     def _output(self, model: str, x: Any) -> Any:
         try:

@@ -13,6 +13,7 @@ import threading
 import time
 import uuid
 from bisect import bisect_right
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -193,10 +194,7 @@ def _drive(frontend: Any, names: list[str], payloads: Mapping[str, Any], all_t: 
             time.sleep(min(at[i] - now, 0.002))
             continue
         j = bisect_right(at, now, i)
-        counts: dict[int, int] = {}
-        for k in owner[i:j]:
-            counts[k] = counts.get(k, 0) + 1
-        for k, cnt in counts.items():
+        for k, cnt in Counter(owner[i:j]).items():
             sent = time.time()
             try:
                 fs = frontend.submit_many(names[k], [payloads[names[k]]] * cnt)

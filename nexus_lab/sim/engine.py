@@ -32,7 +32,7 @@ from ..batching import (
 )
 from ..planner.plan import Allocation, GpuPlan, Plan
 from ..planner.prefix import members_of, prefix_profile
-from ..profiles import BATCH_LATENCIES, ModelProfile
+from ..profiles import BATCH_LATENCIES, ModelProfile, clipped_normal, device_spread
 from ..workload import Workload
 from .arrivals import ARRIVAL_KINDS, ArrivalSpec, generate
 from .metrics import BatchRecord, GpuMetrics, SessionMetrics, SimResult, Totals
@@ -91,11 +91,10 @@ class _Queue:
         self.lat = self.lat_np.tolist()
         self.batch = min(int(alloc.batch), sess.profile.max_batch)
         # Decisions (early drop, burst growth) use the planned l(b) in ``lat``; a batch lasts ``run[b]`` plus
-        # ``sd[b]`` times a normal draw clipped to +-3 (``sd`` is None when there is no spread to draw; a std over
-        # a third of the mean is capped there, so no batch lasts less than nothing).
+        # ``sd[b]`` times a clipped normal draw (``sd`` is None when there is no spread to draw).
         if measured:
             self.run = (sess.run_ms / 1000.0).tolist()
-            spread = np.minimum(sess.run_std_ms, sess.run_ms / 3.0) / 1000.0
+            spread = device_spread(sess.run_ms, sess.run_std_ms) / 1000.0
             self.sd = spread.tolist() if np.any(spread > 0) else None
         else:
             self.run, self.sd = self.lat, None
@@ -109,9 +108,9 @@ class _Queue:
 
 
 def _normal_draws(rng: np.random.Generator) -> Iterator[float]:
-    """Standard normal draws clipped to +-3, generated in blocks (one ``next`` per batch stays cheap)."""
+    """``clipped_normal`` draws generated in blocks (one ``next`` per batch stays cheap)."""
     while True:
-        yield from np.clip(rng.standard_normal(4096), -3.0, 3.0).tolist()
+        yield from clipped_normal(rng, 4096).tolist()
 
 
 def _resolve_sessions(plan: Plan, workload: Workload) -> list[_Session]:
