@@ -4,21 +4,24 @@ formed with early drop, drops with reasons, admission control, stats and Prometh
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import dask
+import numpy as np
 import pytest
 
 pytest.importorskip("nexus_lab.runtime.device")
 
 from distributed import Client, LocalCluster
 
+from nexus_lab.controller import worker_malloc_config
 from nexus_lab.profiles import profile_set
-from nexus_lab.runtime.backend import NexusBackend, parse_gpu
+from nexus_lab.runtime.backend import NexusBackend, _batch_floor, parse_gpu
 from nexus_lab.runtime.comms import call_sync
 
 SIM = "simulated:titan-x-pascal"
-MALLOC = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 134217728}
+MALLOC = worker_malloc_config()
 
 
 def gpu_of(*allocs: tuple[str, str, float, int, float], duty_ms: float = 40.0) -> dict:
@@ -39,6 +42,19 @@ def cluster():
         client.register_plugin(NexusBackend(device=SIM, stats_interval_s=0.2))
         workers = sorted(client.scheduler_info()["workers"])
         yield client, workers
+
+
+@contextlib.contextmanager
+def one_backend(backend: NexusBackend, gpu: dict, sessions: dict):
+    """A one-worker cluster running ``backend`` with ``gpu`` applied: (client, worker address)."""
+    with dask.config.set(MALLOC), \
+            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
+            Client(lc) as client:
+        client.register_plugin(backend)
+        (w,) = client.scheduler_info()["workers"]
+        rep = call_sync(client, w, "nexus_apply", gpu=gpu, sessions=sessions, version=1)
+        assert rep["error"] is None, rep
+        yield client, w
 
 
 def submit(client, addr, reqs):
@@ -86,13 +102,9 @@ def test_apply_serve_and_stats(cluster):
 
 
 def test_fixed_duty_cycle_keeps_planned_batches():
-    with dask.config.set(MALLOC), \
-            LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
-            Client(lc) as client:
-        client.register_plugin(NexusBackend(device=SIM, stats_interval_s=0, work_conserving=False))
-        (w,) = client.scheduler_info()["workers"]
-        call_sync(client, w, "nexus_apply", gpu=gpu_of(("cls", "vgg_s", 100.0, 8, 100.0), duty_ms=30.0),
-                  sessions=table(cls=("vgg_s", 100.0)), version=1)
+    with one_backend(NexusBackend(device=SIM, stats_interval_s=0, work_conserving=False),
+                     gpu_of(("cls", "vgg_s", 100.0, 8, 100.0), duty_ms=30.0),
+                     table(cls=("vgg_s", 100.0))) as (client, w):
         replies = submit(client, w, [{"id": i, "session": "cls", "deadline": time.time() + 0.1, "payload": None}
                                      for i in range(12)])
         assert all(r["status"] == "ok" for r in replies)
@@ -100,6 +112,36 @@ def test_fixed_duty_cycle_keeps_planned_batches():
         assert st["batch_sizes"] == {8: 1, 4: 1}
         (_, s0, _, _), (_, s1, _, _) = st["trace"]
         assert s1 - s0 >= 0.030 - 1e-3  # the next cycle starts one duty cycle after the first
+
+
+def test_batch_floor_is_the_smallest_batch_nearly_as_cheap_per_request():
+    lat = np.array([0.0] + [0.5 + 0.6 * n for n in range(1, 17)])  # l(n) = beta + alpha n: per request falls with n
+    assert _batch_floor(lat, 8) == 4  # l(4)/4 = 0.725 <= 1.15 * l(8)/8 = 0.762 < l(3)/3
+    assert _batch_floor(lat, 1) == 1
+    assert _batch_floor(np.arange(17, dtype=float), 8) == 1  # no batching benefit: never wait
+    assert _batch_floor(np.zeros(17), 8) == 1  # a device that cannot tell its latency
+
+
+def test_batch_floor_waits_for_company_at_most_one_short_batch():
+    prof = profile_set("titan-x-pascal")["vgg_s"]
+    lat = np.array([0.0] + [float(prof.lat_ms[n]) for n in range(1, 17)]) / 1000.0
+    floor = _batch_floor(lat, 16)
+    assert 1 < floor < 16
+    hold = min(0.060, float(lat[floor]))  # at most the floor batch's own time, at most one duty cycle
+    with one_backend(NexusBackend(device=SIM, stats_interval_s=0, batch_floor=True),
+                     gpu_of(("cls", "vgg_s", 300.0, 16, 100.0), duty_ms=60.0),
+                     table(cls=("vgg_s", 300.0))) as (client, w):
+        sent = time.time()
+        alone = submit(client, w, [{"id": 0, "session": "cls", "deadline": sent + 0.3, "payload": None}])
+        waited = time.time() - sent
+        assert alone[0]["status"] == "ok"
+        assert hold <= waited < hold + 0.1  # held for company, then run anyway
+        sent = time.time()
+        full = submit(client, w, [{"id": k, "session": "cls", "deadline": sent + 0.3, "payload": None}
+                                  for k in range(1, floor + 1)])
+        assert all(r["status"] == "ok" for r in full)
+        assert time.time() - sent < 0.060  # a batch at its floor runs at once
+        assert call_sync(client, w, "nexus_stats")["batch_sizes"] == {1: 1, floor: 1}
 
 
 def test_drops_have_reasons(cluster):

@@ -230,6 +230,18 @@ def ctl():
     c.close()
 
 
+def test_started_workers_keep_freed_activations_in_the_heap(ctl):
+    """Both glibc thresholds reach every worker: a trim threshold alone freezes the mmap threshold at 128 KiB,
+    and each forward pass then page-faults its activations in again."""
+    import os
+
+    from nexus_lab.controller import WORKER_MALLOC_ENV
+
+    seen = ctl.client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV})
+    assert len(seen) == 2
+    assert all(env == {k: str(v) for k, v in WORKER_MALLOC_ENV.items()} for env in seen.values())
+
+
 def test_controller_applies_serves_and_reports(ctl):
     name = ctl.add_session("vgg_s", slo_ms=50, rate=40, name="scenes")
     preview = ctl.plan()
@@ -238,6 +250,10 @@ def test_controller_applies_serves_and_reports(ctl):
         ctl.infer("nope", None)
     plan = ctl.apply()
     assert ctl.version == 1 and plan.num_gpus == preview.num_gpus
+    floors = ctl.set_batch_floor(True)  # live, on every backend; simulated GPUs have it off by default
+    assert sorted(floors) == ctl._workers()
+    assert max(f.get(name, 1) for f in floors.values()) > 1  # vgg_s batches pay off from 2 on
+    assert all(f.get(name, 1) == 1 for f in ctl.set_batch_floor(None).values())
     futs = []
     for _ in range(20):  # at the planned rate (40/s): a burst beyond the plan would be early-dropped
         futs.append(ctl.submit(name, None))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -165,6 +166,43 @@ def test_cpu_device_runs_a_zoo_batch_and_calibrates() -> None:
     assert dev.loaded() == {}
     with pytest.raises(KeyError, match="not loaded"):
         dev.run_batch("tiny", list(x))
+
+
+_FAULTS = """
+import ctypes, json, resource
+import numpy as np
+from nexus_lab.runtime.device import keep_freed_memory, make_device
+
+dev = make_device("cpu", threads=1)
+dev.load("convnet", 8)
+x = np.zeros((8, 3, 64, 64), np.float32)
+
+def faults():
+    dev.run_batch("convnet", x)
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    for _ in range(3):
+        dev.run_batch("convnet", x)
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
+libc = ctypes.CDLL("libc.so.6")
+assert libc.mallopt(-1, 65536) and libc.mallopt(-3, 131072)  # a worker as distributed's nanny starts it
+as_started = faults()
+assert keep_freed_memory()
+print(json.dumps([as_started, faults()]))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_cpu_device_keeps_activation_memory_between_batches() -> None:
+    """Under distributed's worker environment (64 KiB trim threshold, which freezes the mmap threshold at
+    128 KiB) every forward pass maps its activations afresh and page-faults them in; a cpu device's process
+    keeps them in the heap instead. In a fresh process: a heap grown by earlier tests would hide the effect."""
+    import json
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, timeout=120, check=True)
+    as_started, kept = json.loads(out.stdout.strip().splitlines()[-1])
+    assert as_started > 100 and kept == 0
 
 
 def models_forward(name: str, x: np.ndarray) -> np.ndarray:

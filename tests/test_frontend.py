@@ -17,6 +17,7 @@ pytest.importorskip("nexus_lab.runtime.device")
 
 from distributed import Client, LocalCluster
 
+from nexus_lab.controller import worker_malloc_config
 from nexus_lab.runtime.backend import NexusBackend
 from nexus_lab.runtime.comms import call_sync
 from nexus_lab.runtime.frontend import Frontend, _Route, crop_boxes
@@ -24,7 +25,7 @@ from nexus_lab.runtime.loadgen import arrival_times, start_load
 from nexus_lab.runtime.results import Dropped, RequestFailed
 
 SIM = "simulated:titan-x-pascal"
-MALLOC = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 134217728}
+MALLOC = worker_malloc_config()
 SESSIONS = {"cls": {"model": "vgg_s", "slo_ms": 200.0, "budget_ms": 190.0}}
 
 

@@ -24,6 +24,27 @@ BENCHMARKS = {
 }
 
 
+def cluster_processes(client: Any) -> list[Any]:
+    """This process (client, and a LocalCluster's scheduler), every worker process and its nanny (psutil)."""
+    import os
+
+    import psutil
+
+    pids = client.run(os.getpid)
+    procs = [psutil.Process()] + [psutil.Process(pids[w]) for w in sorted(pids)]
+    procs += [p.parent() for p in procs[1:] if p.parent() is not None and p.parent().pid != os.getpid()]
+    return procs
+
+
+def cpu_seconds(procs: list[Any]) -> float:
+    """User plus system CPU time of ``procs`` so far (s)."""
+    total = 0.0
+    for p in procs:
+        t = p.cpu_times()
+        total += t.user + t.system
+    return total
+
+
 def run_benchmark(name: str, quick: bool = False) -> dict[str, Any]:
     if name not in BENCHMARKS:
         raise ValueError(f"benchmark: must be one of {sorted(BENCHMARKS)}, got {name!r}")

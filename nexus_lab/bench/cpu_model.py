@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from . import cluster_processes, cpu_seconds
+
 SLO_MS = 50.0
 BATCHES = (1, 2, 4, 8, 16, 32)
 
@@ -70,19 +72,46 @@ def measure_raw(ctl: Any, model: str, quick: bool) -> tuple[float, dict[str, flo
     return float(sum(per_worker.values())), per_worker, lat, std
 
 
+def _payloads(sessions: dict[str, str]) -> dict[str, Any]:
+    import numpy as np
+
+    from ..models import zoo
+
+    return {n: np.zeros(zoo.input_spec(m).shape, dtype=zoo.input_spec(m).dtype) for n, m in sessions.items()}
+
+
+def measure_point(ctl: Any, rates: dict[str, float], duration_s: float, seed: int, payloads: dict[str, Any],
+                  procs: list[Any]) -> dict[str, Any]:
+    """Drive the controller's frontend open loop at ``rates``: goodput, attainment, drops, p99, and the CPU time of
+    every process (this one with the load generator and scheduler, workers, nannies) per offered request, over
+    the run and its settling: what serving one request costs the 2 cores."""
+    from ..runtime.loadgen import run_load
+
+    cpu0 = cpu_seconds(procs)
+    rep = run_load(ctl.frontend, rates, duration_s, seed=seed, payloads=payloads, settle_s=3.0)
+    cpu = cpu_seconds(procs) - cpu0
+    offered = sum(s["offered"] for s in rep["sessions"].values())
+    within = sum(s["within_slo"] for s in rep["sessions"].values())
+    drops: dict[str, int] = {}
+    for s in rep["sessions"].values():
+        for k, v in s["dropped"].items():
+            drops[k] = drops.get(k, 0) + v
+    return {"offered_rate": offered / rep["duration_s"], "goodput": within / rep["duration_s"],
+            "slo_attainment": within / offered if offered else 0.0, "dropped": drops,
+            "failed": sum(s["failed"] for s in rep["sessions"].values()),
+            "p99_ms": max((s["p99_ms"] or 0.0) for s in rep["sessions"].values()),
+            "cpu_ms_per_offered": cpu / offered * 1000.0 if offered else None}
+
+
 def nexus_sweep(ctl: Any, sessions: dict[str, str], raw: float, fracs: tuple[float, ...], duration_s: float
                 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """Offer ``fraction * raw`` req/s split evenly over ``sessions`` (name -> model) for each fraction; returns
     the best point with >= 99% SLO attainment and every point measured."""
-    import numpy as np
-
-    from ..models import zoo
-    from ..runtime.loadgen import run_load
-
     for name, model in sessions.items():
         if name not in ctl.editor.names():
             ctl.add_session(model, SLO_MS, rate=raw * fracs[0] / len(sessions), name=name)
-    payloads = {n: np.zeros(zoo.input_spec(m).shape, dtype=zoo.input_spec(m).dtype) for n, m in sessions.items()}
+    payloads = _payloads(sessions)
+    procs = cluster_processes(ctl.client)
     sweep: list[dict[str, Any]] = []
     misses = 0
     for f in fracs:
@@ -98,25 +127,42 @@ def nexus_sweep(ctl: Any, sessions: dict[str, str], raw: float, fracs: tuple[flo
             sweep.append({"fraction_of_raw": f, "error": "; ".join(f"{u.session}: {u.reason}" for u in plan.unserved)})
             break
         time.sleep(0.5)
-        rep = run_load(ctl.frontend, rates, duration_s, seed=int(f * 100), payloads=payloads, settle_s=3.0)
-        offered = sum(s["offered"] for s in rep["sessions"].values())
-        within = sum(s["within_slo"] for s in rep["sessions"].values())
-        att = within / offered if offered else 0.0
-        drops: dict[str, int] = {}
-        for s in rep["sessions"].values():
-            for k, v in s["dropped"].items():
-                drops[k] = drops.get(k, 0) + v
-        sweep.append({"fraction_of_raw": f, "offered_rate": offered / rep["duration_s"],
-                      "goodput": within / rep["duration_s"], "slo_attainment": att, "dropped": drops,
-                      "failed": sum(s["failed"] for s in rep["sessions"].values()),
-                      "p99_ms": max((s["p99_ms"] or 0.0) for s in rep["sessions"].values()),
-                      "plan_gpus": plan.num_gpus, "batches": [a.batch for g in plan.gpus for a in g.allocations]})
-        if att < 0.99:
+        point = measure_point(ctl, rates, duration_s, int(f * 100), payloads, procs)
+        sweep.append({"fraction_of_raw": f, **point, "plan_gpus": plan.num_gpus,
+                      "batches": [a.batch for g in plan.gpus for a in g.allocations]})
+        if point["slo_attainment"] < 0.99:
             misses += 1
             if misses >= 2:
                 break
     ok = [x for x in sweep if x.get("slo_attainment", 0.0) >= 0.99]
     return (max(ok, key=lambda x: x["goodput"]) if ok else None), sweep
+
+
+def floor_ab(ctl: Any, sessions: dict[str, str], raw: float, fraction: float, duration_s: float, pairs: int
+             ) -> dict[str, Any]:
+    """The batch floor's effect at one load, side by side: runs alternate floor off / on (``pairs`` of each,
+    so a drift of the machine's speed hits both alike) on the plan in force; means per setting."""
+    rates = {n: raw * fraction / len(sessions) for n in sessions}
+    for n, r in rates.items():
+        ctl.set_rate(n, r)
+    ctl.apply()
+    payloads = _payloads(sessions)
+    procs = cluster_processes(ctl.client)
+    runs: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+    floors: dict[str, Any] = {}
+    for k in range(pairs):
+        for setting in ("off", "on"):
+            floors[setting] = ctl.set_batch_floor(setting == "on")
+            time.sleep(0.5)
+            runs[setting].append(measure_point(ctl, rates, duration_s, 500 + k, payloads, procs))
+    ctl.set_batch_floor(None)
+
+    def mean(setting: str, key: str) -> float:
+        return float(sum(r[key] for r in runs[setting]) / len(runs[setting]))
+
+    return {"fraction_of_raw": fraction, "floors": floors["on"],
+            **{f"{key}_{s}": mean(s, key) for s in ("off", "on")
+               for key in ("cpu_ms_per_offered", "slo_attainment", "goodput", "p99_ms")}}
 
 
 def run(quick: bool = False) -> dict[str, Any]:
@@ -132,6 +178,9 @@ def run(quick: bool = False) -> dict[str, Any]:
                                      "memory_mb": {b: 100.0 + b for b in BATCHES}})
         best, sweep = nexus_sweep(ctl, {"convnet": model}, raw, (0.2, 0.4, 0.6) if quick else
                                   load_grid(0.8), 4.0 if quick else 6.0)
+        # below the best load, where both settings meet the SLO: what the floor saves
+        ab = floor_ab(ctl, {"convnet": model}, raw, round(0.75 * best["fraction_of_raw"], 3) if best else 0.1,
+                      4.0 if quick else 6.0, 1 if quick else 2)
     finally:
         ctl.close()
     goodput = best["goodput"] if best else 0.0
@@ -145,6 +194,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         "goodput_at_99": goodput,
         "goodput_over_raw": goodput / raw if raw else None,
         "sweep": sweep,
+        "batch_floor": ab,
         "targets": {"goodput_over_raw": ">= 0.6"},
         "note": "2 single-threaded CPU workers; the load generator and frontend share the same 2 cores; "
                 "other processes on the machine disturb timing",

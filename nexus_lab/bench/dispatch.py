@@ -7,16 +7,15 @@ Run: ``python benchmarks/dispatch.py`` or ``nexus-lab bench dispatch --json``. N
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import time
 from collections import deque
 from typing import Any
 
 import dask
-import psutil
+
+from . import cluster_processes, cpu_seconds
 
 NOOP_SESSION = "noop"
-MALLOC_TRIM = 134217728
 
 
 def _noop_model() -> str:
@@ -28,14 +27,6 @@ def _noop_model() -> str:
         if get_model_spec(name).passthrough:
             return name
     raise RuntimeError(f"the model zoo has no no-op (passthrough) model; models: {available_models()}")
-
-
-def _cpu_s(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        t = p.cpu_times()
-        total += t.user + t.system
-    return total
 
 
 def _drive(fe: Any, n: int, chunk: int, window: int) -> tuple[float, int]:
@@ -69,14 +60,14 @@ def run(quick: bool = False) -> dict[str, Any]:
     n = 4000 if quick else 20000
     n_unco = 500 if quick else 2000
     batch = 16  # requests per coalesced message, per backend
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": MALLOC_TRIM}), \
+    from ..controller.cluster import worker_malloc_config
+
+    with dask.config.set(worker_malloc_config()), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         client.register_plugin(NexusBackend(device="cpu", stats_interval_s=0))
         workers = sorted(client.scheduler_info()["workers"])
-        pids = client.run(os.getpid)
-        procs = [psutil.Process()] + [psutil.Process(pids[w]) for w in workers]
-        procs += [p.parent() for p in procs[1:] if p.parent() is not None and p.parent().pid != os.getpid()]
+        procs = cluster_processes(client)
         session = {"model": model, "slo_ms": 1000.0, "budget_ms": 1000.0}
         gpu = {"id": 0, "duty_cycle_ms": 1.0, "occupancy": 0.0, "memory_mb": 0.0,
                "allocations": [{"session": NOOP_SESSION, "model": model, "slo_ms": 1000.0, "batch": 256,
@@ -93,9 +84,9 @@ def run(quick: bool = False) -> dict[str, Any]:
             fe.set_routes(routes, {NOOP_SESSION: session})
             _drive(fe, 2000, 2 * batch, 8)  # warm-up: connections, code paths
             m0, r0 = fe.sent_messages, fe.sent_requests
-            c0 = _cpu_s(procs)
+            c0 = cpu_seconds(procs)
             wall, ok = _drive(fe, n, 2 * batch, 8)
-            cpu = _cpu_s(procs) - c0
+            cpu = cpu_seconds(procs) - c0
             msgs = fe.sent_messages - m0
             out.update({"cpu_us_per_request": cpu / n * 1e6, "coalesced_batch": (fe.sent_requests - r0) / msgs,
                         "requests_ok": ok, "throughput_rps": n / wall})
@@ -104,9 +95,9 @@ def run(quick: bool = False) -> dict[str, Any]:
         with Frontend(client, coalesce_ms=0.0, max_coalesce=1) as fe:
             fe.set_routes(routes, {NOOP_SESSION: session})
             _drive(fe, 200, 1, 1)
-            c0 = _cpu_s(procs)
+            c0 = cpu_seconds(procs)
             wall, ok = _drive(fe, n_unco, 1, 1)
-            cpu = _cpu_s(procs) - c0
+            cpu = cpu_seconds(procs) - c0
             out.update({"cpu_us_per_request_uncoalesced": cpu / n_unco * 1e6,
                         "round_trip_us_uncoalesced": wall / n_unco * 1e6, "requests_ok_uncoalesced": ok,
                         "requests_uncoalesced": n_unco})

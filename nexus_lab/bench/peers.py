@@ -127,9 +127,14 @@ def _ray(raws: dict[str, float], models: dict[str, list[str]], quick: bool) -> d
     grid = [(16, 0.005)] if quick else [(8, 0.002), (8, 0.01), (16, 0.005), (16, 0.01), (32, 0.01)]
     # From very light loads up: Ray Serve's per-request overhead on 2 shared cores can miss 99% already at 10% of
     # raw, and its goodput at 99% must be measured, not left undefined.
-    fracs = (0.02, 0.05, 0.1, 0.3, 0.5) if quick else (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+    fracs = (0.02, 0.05, 0.1, 0.3, 0.5) if quick else (0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5,
+                                                                        0.6, 0.7)
     dur = 4.0 if quick else 6.0
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    from ..controller.cluster import WORKER_MALLOC_ENV
+
+    # Ray's workers get the glibc settings nexus_lab's workers run with (like for like).
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+             runtime_env={"env_vars": {k: str(v) for k, v in WORKER_MALLOC_ENV.items()}})
     out: dict[str, Any] = {}
     try:
         for label, names in models.items():

@@ -10,11 +10,21 @@ from typing import Any
 
 import dask
 
+from ..runtime.device import MALLOC_THRESHOLD
 from .core import Controller
 
-#: glibc trims freed memory above this many bytes; distributed's default (64 KiB via the nanny) makes batch-32
-#: forward passes 3-4x slower by returning and re-faulting their activations on every batch.
-MALLOC_TRIM_THRESHOLD = 134217728
+#: glibc settings for worker processes, set through ``distributed.nanny.pre-spawn-environ``. distributed's nanny
+#: trims freed memory above 64 KiB, which makes batch-32 forward passes 3-4x slower by returning and re-faulting
+#: their activations on every batch; and any explicit trim threshold also freezes glibc's mmap threshold at
+#: 128 KiB, so every activation above that is mmap'd and unmapped per forward pass (page faults: a small conv
+#: net's batch took 2.4x its time). With both high, freed activations stay in the heap for the next batch.
+#: (A cpu ``TorchDevice`` also sets both with ``mallopt`` in whatever worker it runs: ``keep_freed_memory``.)
+WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": MALLOC_THRESHOLD, "MALLOC_MMAP_THRESHOLD_": MALLOC_THRESHOLD}
+
+
+def worker_malloc_config() -> dict[str, int]:
+    """``WORKER_MALLOC_ENV`` as dask config keys, for ``dask.config.set`` around a ``LocalCluster``."""
+    return {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
 
 
 def start(gpus: int = 4, device: str = "simulated:titan-x-pascal", *, security: Any = None,
@@ -44,7 +54,7 @@ def start(gpus: int = 4, device: str = "simulated:titan-x-pascal", *, security: 
     kw: dict[str, Any] = {}
     if security is not None:
         kw.update(security=security, protocol="tls://")
-    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": MALLOC_TRIM_THRESHOLD}):
+    with dask.config.set(worker_malloc_config()):
         cluster = LocalCluster(n_workers=gpus, threads_per_worker=threads, processes=True,
                                dashboard_address=dashboard_address, silence_logs=silence_logs,
                                memory_limit=memory_limit, **kw)

@@ -518,6 +518,15 @@ class Controller:
         self._event("replan", reason=reason)
         return reason
 
+    def set_batch_floor(self, on: bool | None) -> dict[str, dict[str, int]]:
+        """Switch every backend's batch floor live (``NexusBackend(batch_floor=...)``; None: on for host-CPU
+        devices only). Returns each worker's ``{session: floor}``; a worker that failed raises ``ApplyError``."""
+        replies = self._call({w: ("nexus_configure", {"batch_floor": on}) for w in self._workers()})
+        bad = {w: r for w, r in replies.items() if not isinstance(r, dict)}
+        if bad:
+            raise ApplyError(f"set_batch_floor failed on {sorted(bad)}: {next(iter(bad.values()))!r}")
+        return {w: dict(r["floors"]) for w, r in replies.items()}
+
     def collect(self, workers: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Poll every backend's stats window once; keep it in the bounded history and feed the rate monitor."""
         workers = list(workers if workers is not None else self._workers())

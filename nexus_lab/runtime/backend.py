@@ -41,6 +41,9 @@ LATENCY_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000
 _LAT_SAMPLES = 20000  # latency samples kept per session per stats window (for p50/p99)
 BURST_MARGIN_S = 0.001  # a grown batch leaves its oldest request this much slack for runtime overheads
 OVERRUN_WINDOW = 256  # recent batches whose lateness (finish - formed - planned l(b)) the stats report
+#: A host-CPU device holds a batch back until it costs at most this much more per request than the planned batch
+#: (``_Slot.floor``), for no longer than that floor batch takes to run.
+FLOOR_SLACK = 0.15
 DRAIN_GRACE_S = 2.0  # a removed session keeps accepting (and serving) requests this long: routes switch meanwhile
 
 
@@ -153,7 +156,7 @@ def _wire(value: Any) -> Any:
 class _Slot:
     """One step of the duty cycle: a session's batch, or a prefix group (prefix once, then each suffix)."""
 
-    __slots__ = ("batches", "lat_s", "models", "prefix_model", "sessions", "suffix_tables", "table")
+    __slots__ = ("batches", "floor", "lat_s", "models", "prefix_model", "sessions", "suffix_tables", "table")
 
     def __init__(self, sessions: list[str], models: list[str], batches: list[int], prefix_model: str | None,
                  lat_s: Callable[[int], float], table: np.ndarray | None = None) -> None:
@@ -164,6 +167,7 @@ class _Slot:
         self.lat_s = lat_s
         self.table = table  # l(n) in seconds for n = 0..N (N >= planned batch): burst growth looks it up
         self.suffix_tables: list[np.ndarray] = []  # prefix units: each suffix's l(n), n = 0..its batch
+        self.floor = 1  # the smallest batch worth running when the device is the host's CPU (``_batch_floor``)
 
 
 def parse_gpu(gpu: dict[str, Any] | None) -> tuple[float, list[dict[str, Any]]]:
@@ -223,12 +227,18 @@ class NexusBackend(WorkerPlugin):
         and a full batch may grow during a burst while its oldest request still makes its deadline. Each
         session still waits at most one cycle of planned batches, so the plan's ``d + l(b) <= L'`` holds.
         False: a cycle starts every ``duty_cycle_ms`` (the paper's fixed cycle) and batches never exceed the plan.
+    batch_floor : bool or None
+        Hold a work-conserving batch back while it is smaller than its floor (the smallest batch whose cost per
+        request is within ``FLOOR_SLACK`` of the planned batch's) until its oldest request has waited ``l(floor)``
+        or one duty cycle (the wait the plan allows), whichever is shorter. None (default): only when the device
+        is the host's CPU, whose idle time is the CPU the dispatch path runs on, so tiny batches cost throughput
+        twice; a GPU (or a simulated one) runs whatever is queued.
     """
 
     name = "nexus-backend"
 
     def __init__(self, device: str = "simulated:titan-x-pascal", threads: int = 1, stats_interval_s: float = 1.0,
-                 trace_len: int = 2000, work_conserving: bool = True) -> None:
+                 trace_len: int = 2000, work_conserving: bool = True, batch_floor: bool | None = None) -> None:
         if not isinstance(device, str) or not device:
             raise ValueError(f"device: must be a device spec string, got {device!r}")
         if int(threads) < 1:
@@ -242,6 +252,7 @@ class NexusBackend(WorkerPlugin):
         self.stats_interval_s = float(stats_interval_s)
         self.trace_len = int(trace_len)
         self.work_conserving = bool(work_conserving)
+        self.batch_floor = batch_floor
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def setup(self, worker: Any) -> None:
@@ -254,6 +265,8 @@ class NexusBackend(WorkerPlugin):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="nexus-device")
         self.device = await self.loop.run_in_executor(
             self._executor, lambda: make_device(self.device_spec, threads=self.threads))
+        self._floors = self._floors_on(self.batch_floor)
+        self._hold_until = math.inf  # earliest time a held-back batch must run (``_form``)
         self.version = -1
         self.gpu: dict[str, Any] | None = None
         self.sessions: dict[str, dict[str, Any]] = {}
@@ -289,6 +302,7 @@ class NexusBackend(WorkerPlugin):
             "nexus_stream": self.nexus_stream,
             "nexus_stats": self.nexus_stats,
             "nexus_state": self.nexus_state,
+            "nexus_configure": self.nexus_configure,
         })
         _register_metrics(self)
 
@@ -303,7 +317,7 @@ class NexusBackend(WorkerPlugin):
                 r.sink.complete(r.id, "error", f"backend on {self.address} closed")
         for s in list(self._streams):
             s.closed = True
-        for h in ("nexus_apply", "nexus_submit", "nexus_stream", "nexus_stats", "nexus_state"):
+        for h in ("nexus_apply", "nexus_submit", "nexus_stream", "nexus_stats", "nexus_state", "nexus_configure"):
             worker.handlers.pop(h, None)
         self._executor.submit(self.device.close)  # after any batch still on the device thread
         self._executor.shutdown(wait=False)
@@ -408,6 +422,7 @@ class NexusBackend(WorkerPlugin):
         same-shaped array results come as one ``[[id, ...], "oks", stacked array]``."""
         from distributed.core import Status
 
+        comm.allow_offload = False  # bounded messages: no sizeof walk before each reply (see Frontend._connect)
         sink = _StreamSink(comm)
         self._streams.add(sink)
         writer = asyncio.ensure_future(sink.writer())
@@ -443,6 +458,20 @@ class NexusBackend(WorkerPlugin):
         """
         out = self._stats_dict(reset=True)
         return out
+
+    def _floors_on(self, batch_floor: bool | None) -> bool:
+        return self.work_conserving and (batch_floor if batch_floor is not None
+                                         else getattr(self.device, "kind", "") == "cpu")
+
+    async def nexus_configure(self, batch_floor: bool | None = None) -> dict[str, Any]:
+        """Switch the batch floor live (``batch_floor`` as in the constructor; None: by device kind); returns each
+        planned session's floor (1: runs whatever is queued)."""
+        self.batch_floor = batch_floor
+        self._floors = self._floors_on(batch_floor)
+        for slot in self._slots:
+            if slot.prefix_model is None and slot.table is not None:
+                slot.floor = _batch_floor(slot.table, slot.batches[0]) if self._floors else 1
+        return {"floors": {sl.sessions[0]: sl.floor for sl in self._slots if sl.prefix_model is None}}
 
     async def nexus_state(self) -> dict[str, Any]:
         """What a new controller needs to adopt the running plan."""
@@ -532,7 +561,10 @@ class NexusBackend(WorkerPlugin):
             if self.work_conserving:  # a burst may grow a full batch up to twice the plan's, within the profile
                 top = min(2 * b, _max_batch(dev, model, 2 * b))
             table = np.array([0.0] + [_lat_ms(dev, model, k) / 1000.0 for k in range(1, top + 1)])
-            slots.append(_Slot([a["session"]], [model], [b], None, table.__getitem__, table))
+            slot = _Slot([a["session"]], [model], [b], None, table.__getitem__, table)
+            if self._floors:
+                slot.floor = _batch_floor(table, b)
+            slots.append(slot)
             self._cap[a["session"]] = (b, float(table[b]), duty_s)
             i += 1
         return slots
@@ -577,10 +609,13 @@ class NexusBackend(WorkerPlugin):
                     continue
                 cycle_start = loop.time()
                 duty = self._duty_s
+                self._hold_until = math.inf
+                launched = False
                 for slot in self._slots + self._draining:
                     batch = self._form(slot)
                     if batch is None:
                         continue
+                    launched = True
                     formed = self._formed
                     fut = self._launch(slot, batch)
                     if prev is not None:
@@ -591,6 +626,11 @@ class NexusBackend(WorkerPlugin):
                     self._finish(*prev)
                     prev = None
                 self._retire()
+                if not launched and self._hold_until < math.inf:  # every queue held back: wait for arrivals
+                    self._arrival.clear()
+                    with contextlib.suppress(asyncio.TimeoutError):
+                        await asyncio.wait_for(self._arrival.wait(), max(0.0, self._hold_until - time.time()))
+                    continue
                 wait = cycle_start + duty - loop.time()
                 if not self.work_conserving and wait > 0 and self._any_queued():
                     await asyncio.sleep(wait)
@@ -621,6 +661,14 @@ class NexusBackend(WorkerPlugin):
                 r = q.popleft()
                 self._drop(session, r.id, r.sink, DropReason.DEADLINE)
             take = w.take
+            if 0 < take < slot.floor:
+                # wait for company: no longer than the floor batch itself takes (nor than a duty cycle, the wait
+                # the plan allows), so holding costs at most one short batch of latency
+                until = q[0].start + min(self._duty_s, float(slot.table[slot.floor]))
+                if now < until:
+                    self._hold_until = min(self._hold_until, until)
+                    parts.append([])
+                    continue
             if take == b and len(q) > b and slot.table is not None and len(slot.table) > b + 1:
                 # a Poisson burst: grow the batch while the oldest request still makes its deadline (the
                 # simulator's burst_take); the excess would otherwise wait a whole turn more
@@ -832,6 +880,15 @@ def _lat_ms(device: Any, model: str, batch: int) -> float:
     """``l(b)`` for early drop; a device that cannot tell (None) plans with 0, i.e. drops only what is late."""
     lat = device.batch_latency_ms(model, batch)
     return 0.0 if lat is None else float(lat)
+
+
+def _batch_floor(table: np.ndarray, b: int) -> int:
+    """The smallest batch ``n <= b`` whose latency per request ``l(n)/n`` is within ``FLOOR_SLACK`` of the
+    planned batch's (``table[n]`` is ``l(n)``; 1 when the table cannot tell)."""
+    if b <= 1 or len(table) <= b or not table[b] > 0:
+        return 1
+    target = (1.0 + FLOOR_SLACK) * float(table[b]) / b
+    return next((n for n in range(1, b + 1) if float(table[n]) / n <= target), b)
 
 
 def _max_batch(device: Any, model: str, default: int) -> int:

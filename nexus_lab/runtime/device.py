@@ -30,8 +30,8 @@ from ..profiles import (
 )
 from ..profiles.profiler import DEVICE_FORMS, resolve_torch_device
 
-__all__ = ["DEVICE_FORMS", "SIMULATED_MEMORY_MB", "SUFFIX_SHARE", "Device", "DeviceOutOfMemory", "SimulatedDevice",
-           "TorchDevice", "make_device"]
+__all__ = ["DEVICE_FORMS", "MALLOC_THRESHOLD", "SIMULATED_MEMORY_MB", "SUFFIX_SHARE", "Device", "DeviceOutOfMemory",
+           "SimulatedDevice", "TorchDevice", "keep_freed_memory", "make_device"]
 
 #: Card memory of the simulated GPU of each shipped profile set (MiB).
 SIMULATED_MEMORY_MB = {"titan-x-pascal": 12288.0}
@@ -365,6 +365,34 @@ def _sleep_until(t_end: float) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- torch
+#: glibc's trim and mmap thresholds for processes that run torch on the cpu (bytes); see ``keep_freed_memory``.
+MALLOC_THRESHOLD = 134217728
+
+
+def keep_freed_memory(threshold: int = MALLOC_THRESHOLD) -> bool:
+    """Make glibc keep freed blocks of up to ``threshold`` bytes in this process's heap (``mallopt``), so a
+    forward pass reuses the previous batch's activation memory instead of mapping it afresh.
+
+    distributed's nanny starts workers with a 64 KiB trim threshold, and any explicit trim threshold also freezes
+    glibc's mmap threshold at 128 KiB: every larger activation is then mapped and unmapped per forward pass, and
+    the page faults made the zoo's conv net 2-3x slower per item. ``nexus_lab.start`` sets both in the workers'
+    environment (``controller.WORKER_MALLOC_ENV``); this covers clusters started elsewhere. Returns False where it
+    does not apply (not glibc).
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+        return bool(libc.mallopt(m_trim_threshold, int(threshold))) and bool(
+            libc.mallopt(m_mmap_threshold, int(threshold)))
+    except (OSError, AttributeError):  # another C library (musl): it has its own allocator policy
+        return False
+
+
 class TorchDevice(Device):
     """Zoo models (``nexus_lab.models``) on a torch device, run under ``inference_mode``.
 
@@ -375,7 +403,8 @@ class TorchDevice(Device):
 
     ``torch.set_num_threads(threads)`` is called on the first call in each thread (it does not carry across
     threads). Memory: cuda reports ``torch.cuda.memory_allocated``; cpu the loaded modules' parameter and buffer
-    bytes (activations are transient there), with capacity ``inf``.
+    bytes (activations are transient there), with capacity ``inf``. A cpu device keeps freed activations in the
+    process heap (``keep_freed_memory``), whatever malloc environment its worker was started with.
     """
 
     CALIBRATION_RUNS = 5
@@ -395,6 +424,7 @@ class TorchDevice(Device):
         else:
             self.name = "cpu"
             self.memory_mb = math.inf
+            keep_freed_memory()
         self._modules: dict[str, Any] = {}
         self._specs: dict[str, Any] = {}
         self._fit: dict[str, tuple[float, float]] = {}  # model -> (alpha, beta): l(b) = alpha*b + beta (ms)

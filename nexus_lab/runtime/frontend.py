@@ -346,6 +346,9 @@ class Frontend:
                 from distributed.comm import connect
 
                 comm = await connect(conn.addr, timeout=5, **self._connection_args())
+                # Messages are bounded (max_coalesce requests, or one batch's results): distributed's offload
+                # check would walk every request of every message with sizeof before serializing it.
+                comm.allow_offload = False
                 await comm.write({"op": "nexus_stream", "reply": False})
                 conn.comm = comm
                 conn.ready.set_result(comm)
