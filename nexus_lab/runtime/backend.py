@@ -265,7 +265,6 @@ class NexusBackend(WorkerPlugin):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="nexus-device")
         self.device = await self.loop.run_in_executor(
             self._executor, lambda: make_device(self.device_spec, threads=self.threads))
-        self._floors = self._floors_on(self.batch_floor)
         self._hold_until = math.inf  # earliest time a held-back batch must run (``_form``)
         self.version = -1
         self.gpu: dict[str, Any] | None = None
@@ -459,18 +458,20 @@ class NexusBackend(WorkerPlugin):
         out = self._stats_dict(reset=True)
         return out
 
-    def _floors_on(self, batch_floor: bool | None) -> bool:
-        return self.work_conserving and (batch_floor if batch_floor is not None
-                                         else getattr(self.device, "kind", "") == "cpu")
+    def _floor_of(self, slot: _Slot) -> int:
+        """The slot's batch floor under the current ``batch_floor`` setting (None: on for a host-CPU device);
+        prefix units and fixed duty cycles have none."""
+        on = self.batch_floor if self.batch_floor is not None else getattr(self.device, "kind", "") == "cpu"
+        if not (on and self.work_conserving) or slot.prefix_model is not None or slot.table is None:
+            return 1
+        return _batch_floor(slot.table, slot.batches[0])
 
     async def nexus_configure(self, batch_floor: bool | None = None) -> dict[str, Any]:
         """Switch the batch floor live (``batch_floor`` as in the constructor; None: by device kind); returns each
         planned session's floor (1: runs whatever is queued)."""
         self.batch_floor = batch_floor
-        self._floors = self._floors_on(batch_floor)
         for slot in self._slots:
-            if slot.prefix_model is None and slot.table is not None:
-                slot.floor = _batch_floor(slot.table, slot.batches[0]) if self._floors else 1
+            slot.floor = self._floor_of(slot)
         return {"floors": {sl.sessions[0]: sl.floor for sl in self._slots if sl.prefix_model is None}}
 
     async def nexus_state(self) -> dict[str, Any]:
@@ -562,8 +563,7 @@ class NexusBackend(WorkerPlugin):
                 top = min(2 * b, _max_batch(dev, model, 2 * b))
             table = np.array([0.0] + [_lat_ms(dev, model, k) / 1000.0 for k in range(1, top + 1)])
             slot = _Slot([a["session"]], [model], [b], None, table.__getitem__, table)
-            if self._floors:
-                slot.floor = _batch_floor(table, b)
+            slot.floor = self._floor_of(slot)
             slots.append(slot)
             self._cap[a["session"]] = (b, float(table[b]), duty_s)
             i += 1
