@@ -110,8 +110,12 @@ def test_fixed_duty_cycle_keeps_planned_batches():
         assert all(r["status"] == "ok" for r in replies)
         st = call_sync(client, w, "nexus_stats")
         assert st["batch_sizes"] == {8: 1, 4: 1}
-        (_, s0, _, _), (_, s1, _, _) = st["trace"]
-        assert s1 - s0 >= 0.030 - 1e-3  # the next cycle starts one duty cycle after the first
+        (_, s0, e0, _), (_, s1, _, _) = st["trace"]
+        # The next cycle starts one duty cycle (30 ms) after the first; a work-conserving one would start the
+        # second batch as soon as the first ends (about l(8) = 9 ms later). The trace holds when the device thread
+        # began each batch, which lags its cycle's start by the executor hand-off (a few ms on a loaded 2-core
+        # machine, more for the first batch of a fresh thread), so the gap is bounded with that slack.
+        assert s1 - e0 > 0.005 and s1 - s0 >= 0.030 - 0.008
 
 
 def test_batch_floor_is_the_smallest_batch_nearly_as_cheap_per_request():
