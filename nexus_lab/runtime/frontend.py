@@ -38,19 +38,51 @@ LOST_GRACE_S = 5.0  # a request with no reply this long after its deadline fails
 _SWEEP_S = 0.25
 
 
-class _Pending:
-    __slots__ = ("addr", "deadline", "expire", "future", "id", "payload", "session", "tried")
+#: ``on_done(status, value)`` of ``Frontend.send_many``: status ``"ok"`` (value: the output), ``"dropped"`` (value:
+#: the ``DropReason``) or ``"error"`` (value: the text).
+OnDone = Callable[[str, Any], None]
 
-    def __init__(self, rid: int, session: str, deadline: float, payload: Any, future: concurrent.futures.Future,
-                 expire: float) -> None:
+
+class _Pending:
+    """One request in flight; it ends exactly once, through its future or its ``on_done`` callback."""
+
+    __slots__ = ("addr", "deadline", "expire", "future", "id", "on_done", "payload", "session", "tried")
+
+    def __init__(self, rid: int, session: str, deadline: float, payload: Any,
+                 future: concurrent.futures.Future | None, on_done: OnDone | None, expire: float) -> None:
         self.id = rid
         self.session = session
         self.deadline = deadline
         self.payload = payload
         self.future = future
+        self.on_done = on_done
         self.expire = expire
         self.addr = ""
         self.tried: tuple[str, ...] = ()
+
+    def done(self) -> bool:
+        return self.future.done() if self.future is not None else self.on_done is None
+
+    def end(self, status: str, value: Any, detail: str = "") -> None:
+        """End the request (a second end is ignored): ``"ok"`` with the output, ``"dropped"`` with the reason
+        (and ``detail``), anything else an error with its text."""
+        fut = self.future
+        if fut is None:
+            cb, self.on_done = self.on_done, None
+            if cb is not None:
+                try:
+                    cb(status if status in ("ok", "dropped") else "error", value)
+                except Exception:  # the caller's bug must not take the stream that delivered the reply down
+                    logger.exception("on_done callback of request %s failed", self.id)
+            return
+        if fut.done():
+            return
+        if status == "ok":
+            fut.set_result(value)
+        elif status == "dropped":
+            fut.set_exception(Dropped(value, detail))
+        else:
+            fut.set_exception(RequestFailed(str(value)))
 
 
 class _Route:
@@ -246,6 +278,22 @@ class Frontend:
                     deadline: float | None = None) -> list[concurrent.futures.Future]:
         """Many requests of one session (one lock, one wake-up); ``deadline`` (absolute ``time.time()``)
         overrides the session's SLO, as query stages do."""
+        return [r.future for r in self._submit(session, payloads, timeout_s, deadline, None)]
+
+    def send_many(self, session: str, payloads: Iterable[Any], on_done: OnDone, *, timeout_s: float | None = None,
+                  deadline: float | None = None) -> None:
+        """``submit_many`` without futures, for load generators that only count outcomes: ``on_done(status,
+        value)`` runs once per request on the frontend's loop thread (``"ok"`` and the output, ``"dropped"`` and
+        the reason, ``"error"`` and the text). A future per request costs about as much CPU as dispatching it;
+        called from the loop thread itself (``run_on_loop``), sending takes no thread hand-off either."""
+        self._submit(session, payloads, timeout_s, deadline, on_done)
+
+    def run_on_loop(self, coro: Any) -> concurrent.futures.Future:
+        """Run a coroutine on the frontend's loop thread (where ``send_many`` is cheapest); its future."""
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _submit(self, session: str, payloads: Iterable[Any], timeout_s: float | None, deadline: float | None,
+                on_done: OnDone | None) -> list[_Pending]:
         if self._closed:
             raise RuntimeError("frontend is closed")
         payloads = list(payloads)
@@ -265,17 +313,17 @@ class Frontend:
         now = time.time()
         dl = now + float(s["slo_ms"]) / 1000.0 if deadline is None else float(deadline)
         expire = (now + float(timeout_s)) if timeout_s is not None else dl + LOST_GRACE_S
-        out: list[concurrent.futures.Future] = []
+        out: list[_Pending] = []
         wake: list[_Conn] = []
         now_flush: list[_Conn] = []
         with self._lock:
             for p in payloads:
-                fut: concurrent.futures.Future = concurrent.futures.Future()
-                out.append(fut)
-                req = _Pending(next(self._ids), session, dl, p, fut, expire)
+                req = _Pending(next(self._ids), session, dl, p,
+                               concurrent.futures.Future() if on_done is None else None, on_done, expire)
+                out.append(req)
                 addr = route.pick(self._dead) if route is not None else None
                 if addr is None:
-                    fut.set_exception(Dropped(DropReason.NO_ROUTE, self._no_route_detail(session)))
+                    req.end("dropped", DropReason.NO_ROUTE, self._no_route_detail(session))
                     continue
                 req.addr = addr
                 conn = self._conns.get(addr)
@@ -289,7 +337,10 @@ class Frontend:
                     conn.flush_scheduled = True
                     wake.append(conn)
         if wake or now_flush:
-            self._loop.call_soon_threadsafe(self._schedule, wake, now_flush)
+            if threading.get_ident() == self._thread.ident:
+                self._schedule(wake, now_flush)
+            else:
+                self._loop.call_soon_threadsafe(self._schedule, wake, now_flush)
         return out
 
     def _no_route_detail(self, session: str) -> str:
@@ -332,9 +383,7 @@ class Frontend:
         except Exception as exc:  # e.g. a payload that cannot be serialized: fail these requests, keep the backend
             for r in batch:
                 conn.inflight.pop(r.id, None)
-                if not r.future.done():
-                    r.future.set_exception(RequestFailed(f"could not send request {r.id} to {conn.addr}: "
-                                                         f"{type(exc).__name__}: {exc}"))
+                r.end("error", f"could not send request {r.id} to {conn.addr}: {type(exc).__name__}: {exc}")
 
     async def _connect(self, conn: _Conn) -> Any:
         if conn.comm is not None:
@@ -366,20 +415,16 @@ class Frontend:
                 inflight = conn.inflight
                 for rid, status, value in msg["d"]:
                     if status == "oks":  # one batch's results, stacked: row k is request rid[k]'s
+                        dtype, shape, raw = value
+                        value = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()  # writable, like any result
                         for k, one in enumerate(rid):
                             r = inflight.pop(one, None)
-                            if r is not None and not r.future.done():
-                                r.future.set_result(value[k])
+                            if r is not None:
+                                r.end("ok", value[k])
                         continue
                     r = inflight.pop(rid, None)
-                    if r is None or r.future.done():
-                        continue
-                    if status == "ok":
-                        r.future.set_result(value)
-                    elif status == "dropped":
-                        r.future.set_exception(Dropped(value))
-                    else:
-                        r.future.set_exception(RequestFailed(str(value)))
+                    if r is not None:
+                        r.end(status, value)
         except Exception as exc:
             if not self._closed:
                 self._lose(conn, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
@@ -403,14 +448,13 @@ class Frontend:
         again: dict[str, list[_Pending]] = {}
         with self._lock:
             for r in pending:
-                if r.future.done():
+                if r.done():
                     continue
                 r.tried = (*r.tried, addr)
                 route = self._routes.get(r.session)
                 alt = route.pick(self._dead, r.tried) if route is not None and r.deadline > now else None
                 if alt is None:
-                    r.future.set_exception(RequestFailed(
-                        f"worker {addr} lost with request {r.id} of session {r.session!r} in flight ({why})"))
+                    r.end("error", f"worker {addr} lost with request {r.id} of session {r.session!r} in flight ({why})")
                     continue
                 r.addr = alt
                 again.setdefault(alt, []).append(r)
@@ -433,10 +477,8 @@ class Frontend:
                 late = [r for r in conn.inflight.values() if r.expire < now]
                 for r in late:
                     conn.inflight.pop(r.id, None)
-                    if not r.future.done():
-                        r.future.set_exception(RequestFailed(
-                            f"no reply from worker {conn.addr} for request {r.id} of session {r.session!r}"
-                            " before its expiry (timeout_s, or its deadline plus the lost-worker grace)"))
+                    r.end("error", f"no reply from worker {conn.addr} for request {r.id} of session {r.session!r}"
+                                   " before its expiry (timeout_s, or its deadline plus the lost-worker grace)")
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -448,8 +490,7 @@ class Frontend:
         async def shut() -> None:
             for conn in list(self._conns.values()):
                 for r in list(conn.inflight.values()) + conn.buffer:
-                    if not r.future.done():
-                        r.future.set_exception(RequestFailed("frontend closed"))
+                    r.end("error", "frontend closed")
                 if conn.comm is not None:
                     conn.comm.abort()
             self._conns.clear()

@@ -7,20 +7,18 @@ Nothing here plans or batches.
 
 from __future__ import annotations
 
-import concurrent.futures
+import asyncio
 import gc
 import threading
 import time
 import uuid
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-
-from .results import Dropped
 
 __all__ = ["KINDS", "LoadHandle", "arrival_times", "merge_reports", "run_load", "start_load"]
 
@@ -104,12 +102,13 @@ def _follow_routes(fe: Any, client: Any, stop: threading.Event) -> None:
 
 
 class _Tally:
-    """Outcome counts of one session, updated from future callbacks (the frontend's loop thread)."""
+    """Outcome counts of one session, updated by the frontend's ``on_done`` callbacks on its loop thread (where
+    the open loop runs too, so no lock is needed)."""
 
     def __init__(self, slo_s: float) -> None:
         self.slo_s = slo_s
-        self.lock = threading.Lock()
         self.offered = 0
+        self.ended = 0
         self.ok = 0
         self.within_slo = 0
         self.failed = 0
@@ -117,21 +116,25 @@ class _Tally:
         self.latencies_ms: list[float] = []
         self.errors: list[str] = []
 
-    def done(self, sent: float, fut: concurrent.futures.Future) -> None:
-        lat = time.time() - sent
-        exc = fut.exception()
-        with self.lock:
-            if exc is None:
+    def on_done(self, sent: float) -> Callable[[str, Any], None]:
+        """The ``on_done`` of requests sent at ``sent`` (time.time())."""
+
+        def done(status: str, value: Any) -> None:
+            self.ended += 1
+            if status == "ok":
+                lat = time.time() - sent
                 self.ok += 1
                 self.within_slo += lat <= self.slo_s
                 if len(self.latencies_ms) < 200000:
                     self.latencies_ms.append(lat * 1000.0)
-            elif isinstance(exc, Dropped):
-                self.dropped[exc.reason] = self.dropped.get(exc.reason, 0) + 1
+            elif status == "dropped":
+                self.dropped[value] = self.dropped.get(value, 0) + 1
             else:
                 self.failed += 1
                 if len(self.errors) < 5:
-                    self.errors.append(str(exc))
+                    self.errors.append(str(value))
+
+        return done
 
 
 def run_load(frontend: Any, rates: Mapping[str, float], duration_s: float, *, kind: str = "poisson",
@@ -174,56 +177,60 @@ def run_load(frontend: Any, rates: Mapping[str, float], duration_s: float, *, ki
     # Freezing the heap as it is now makes collections during the run scan only the objects the run creates.
     gc.freeze()
     try:
-        return _drive(frontend, names, payloads, all_t, who, tallies, kind, duration_s, settle_s)
+        wait = settle_s if settle_s is not None else max((t.slo_s for t in tallies), default=0.0) + 6.0
+        return frontend.run_on_loop(_open_loop(frontend, names, payloads, all_t, who, tallies, wait, kind,
+                                               duration_s)).result()
     finally:
         gc.unfreeze()
 
 
-def _drive(frontend: Any, names: list[str], payloads: Mapping[str, Any], all_t: np.ndarray, who: np.ndarray,
-           tallies: list[_Tally], kind: str, duration_s: float, settle_s: float | None) -> dict[str, Any]:
-    """The open loop of ``run_load``: send each request at its arrival time, then wait for the stragglers."""
-    futures: list[concurrent.futures.Future] = []
+async def _open_loop(frontend: Any, names: list[str], payloads: Mapping[str, Any], all_t: np.ndarray,
+                     who: np.ndarray, tallies: list[_Tally], settle_s: float, kind: str, duration_s: float
+                     ) -> dict[str, Any]:
+    """The open loop of ``run_load``, on the frontend's own loop thread: send each request at its arrival time,
+    wait up to ``settle_s`` for the stragglers, report (on the loop, where late replies land). On the loop that
+    sends the messages a request costs no thread hand-off, lock wait or future: this loop shares the cores with
+    the backends it drives."""
     # Python lists and a plain scan: a wake-up usually finds one or two requests due, where numpy calls cost more
-    # than the work (this loop shares the cores with the backends it drives).
+    # than the work.
     at, owner = all_t.tolist(), who.tolist()
     t0 = time.time()
     i, n = 0, len(at)
     while i < n:
         now = time.time() - t0
         if at[i] > now:
-            time.sleep(min(at[i] - now, 0.002))
+            await asyncio.sleep(at[i] - now)
             continue
         j = bisect_right(at, now, i)
         for k, cnt in Counter(owner[i:j]).items():
-            sent = time.time()
+            tally = tallies[k]
+            tally.offered += cnt
             try:
-                fs = frontend.submit_many(names[k], [payloads[names[k]]] * cnt)
+                frontend.send_many(names[k], [payloads[names[k]]] * cnt, tally.on_done(time.time()))
             except Exception as exc:  # e.g. a closed frontend: count as failed, keep the run's accounting whole
-                with tallies[k].lock:
-                    tallies[k].offered += cnt
-                    tallies[k].failed += cnt
-                    tallies[k].errors.append(str(exc))
-                continue
-            tallies[k].offered += cnt
-            for f in fs:
-                f.add_done_callback(lambda fut, _t=tallies[k], _s=sent: _t.done(_s, fut))
-            futures.extend(fs)
+                tally.ended += cnt
+                tally.failed += cnt
+                tally.errors.append(str(exc))
         i = j
     wall = time.time() - t0
-    wait = settle_s if settle_s is not None else max((t.slo_s for t in tallies), default=0.0) + 6.0
-    concurrent.futures.wait(futures, timeout=wait)
+    end = time.time() + settle_s
+    while any(t.ended < t.offered for t in tallies) and time.time() < end:
+        await asyncio.sleep(0.01)
+    return _report(names, tallies, kind, duration_s, wall)
+
+
+def _report(names: list[str], tallies: list[_Tally], kind: str, duration_s: float, wall: float) -> dict[str, Any]:
     out: dict[str, Any] = {"duration_s": wall, "kind": kind, "sessions": {}}
     for s, t in zip(names, tallies, strict=True):
-        with t.lock:
-            lats = np.asarray(t.latencies_ms)
-            out["sessions"][s] = {
-                "offered": t.offered, "offered_rate": t.offered / max(duration_s, 1e-9), "ok": t.ok,
-                "within_slo": t.within_slo, "dropped": dict(t.dropped), "failed": t.failed,
-                "unfinished": t.offered - t.ok - t.failed - sum(t.dropped.values()),
-                "p50_ms": float(np.percentile(lats, 50)) if lats.size else None,
-                "p99_ms": float(np.percentile(lats, 99)) if lats.size else None,
-                "errors": list(t.errors), "latencies_ms": t.latencies_ms,
-            }
+        lats = np.asarray(t.latencies_ms)
+        out["sessions"][s] = {
+            "offered": t.offered, "offered_rate": t.offered / max(duration_s, 1e-9), "ok": t.ok,
+            "within_slo": t.within_slo, "dropped": dict(t.dropped), "failed": t.failed,
+            "unfinished": t.offered - t.ok - t.failed - sum(t.dropped.values()),
+            "p50_ms": float(np.percentile(lats, 50)) if lats.size else None,
+            "p99_ms": float(np.percentile(lats, 99)) if lats.size else None,
+            "errors": list(t.errors), "latencies_ms": list(t.latencies_ms),
+        }
     return out
 
 
