@@ -267,3 +267,15 @@ def test_cuda_device_runs_a_zoo_batch() -> None:
 def test_cuda_absent_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match=r"cuda\.is_available"):
         make_device("cuda")
+
+
+def test_cpu_profile_fit_is_a_line_through_noisy_points():
+    from nexus_lab.bench.cpu_model import linear_profile
+
+    truth = {b: 0.6 * b + 0.5 for b in (1, 2, 4, 8, 16, 32)}
+    assert linear_profile(truth) == pytest.approx(truth)
+    noisy = {**truth, 8: truth[8] * 0.8, 16: truth[16] * 1.2}  # one point fast, one slow
+    fit = linear_profile(noisy)
+    per_request = [fit[b] / b for b in sorted(fit)]
+    assert per_request == sorted(per_request, reverse=True)  # no odd batch looks cheapest any more
+    assert fit[32] == pytest.approx(truth[32], rel=0.1)

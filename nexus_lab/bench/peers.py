@@ -10,7 +10,7 @@ import asyncio
 import time
 from typing import Any
 
-from .cpu_model import BATCHES, SLO_MS, load_grid, measure_raw, nexus_sweep, pick_model
+from .cpu_model import BATCHES, SLO_MS, linear_profile, load_grid, measure_raw, nexus_sweep, pick_model
 
 MULTI = 4
 
@@ -39,8 +39,9 @@ def _nexus(quick: bool) -> dict[str, Any]:
         ctl = start(gpus=2, device="cpu", auto=False, poll_s=1.0)
         try:
             raw, _, lat, std = measure_raw(ctl, models[0], quick)
+            fit = linear_profile(lat)
             for m in models:
-                ctl.editor.add_model(m, {"latency_ms": lat, "std_ms": std,
+                ctl.editor.add_model(m, {"latency_ms": fit, "std_ms": std,
                                          "memory_mb": {b: 100.0 + b for b in BATCHES}})
             best, sweep = nexus_sweep(ctl, {f"s{i}": m for i, m in enumerate(models)}, raw, fracs, dur)
         finally:

@@ -41,9 +41,6 @@ LATENCY_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000
 _LAT_SAMPLES = 20000  # latency samples kept per session per stats window (for p50/p99)
 BURST_MARGIN_S = 0.001  # a grown batch leaves its oldest request this much slack for runtime overheads
 OVERRUN_WINDOW = 256  # recent batches whose lateness (finish - formed - planned l(b)) the stats report
-#: A host-CPU device holds a batch back until it costs at most this much more per request than the planned batch
-#: (``_Slot.floor``), for no longer than that floor batch takes to run.
-FLOOR_SLACK = 0.15
 DRAIN_GRACE_S = 2.0  # a removed session keeps accepting (and serving) requests this long: routes switch meanwhile
 
 
@@ -168,7 +165,7 @@ class _Slot:
         self.lat_s = lat_s
         self.table = table  # l(n) in seconds for n = 0..N (N >= planned batch): burst growth looks it up
         self.suffix_tables: list[np.ndarray] = []  # prefix units: each suffix's l(n), n = 0..its batch
-        self.floor = 1  # the smallest batch worth running when the device is the host's CPU (``_batch_floor``)
+        self.floor = 1  # the smallest batch worth running at once (the planned batch on a host CPU device)
 
 
 def parse_gpu(gpu: dict[str, Any] | None) -> tuple[float, list[dict[str, Any]]]:
@@ -229,11 +226,11 @@ class NexusBackend(WorkerPlugin):
         session still waits at most one cycle of planned batches, so the plan's ``d + l(b) <= L'`` holds.
         False: a cycle starts every ``duty_cycle_ms`` (the paper's fixed cycle) and batches never exceed the plan.
     batch_floor : bool or None
-        Hold a work-conserving batch back while it is smaller than its floor (the smallest batch whose cost per
-        request is within ``FLOOR_SLACK`` of the planned batch's) until its oldest request has waited ``l(floor)``
-        or one duty cycle (the wait the plan allows), whichever is shorter. None (default): only when the device
-        is the host's CPU, whose idle time is the CPU the dispatch path runs on, so tiny batches cost throughput
-        twice; a GPU (or a simulated one) runs whatever is queued.
+        Hold a work-conserving batch back while it is smaller than the planned batch (its floor) until its
+        oldest request has waited ``l(b)`` or one duty cycle (the wait the plan allows), whichever is shorter.
+        None (default): only when the device is the host's CPU, whose idle time is the CPU the dispatch path runs
+        on, so small batches cost throughput twice (more forward passes, each with its fixed cost, and more
+        replies); a GPU (or a simulated one) runs whatever is queued.
     """
 
     name = "nexus-backend"
@@ -465,7 +462,7 @@ class NexusBackend(WorkerPlugin):
         on = self.batch_floor if self.batch_floor is not None else getattr(self.device, "kind", "") == "cpu"
         if not (on and self.work_conserving) or slot.prefix_model is not None or slot.table is None:
             return 1
-        return _batch_floor(slot.table, slot.batches[0])
+        return slot.batches[0]
 
     async def nexus_configure(self, batch_floor: bool | None = None) -> dict[str, Any]:
         """Switch the batch floor live (``batch_floor`` as in the constructor; None: by device kind); returns each
@@ -663,8 +660,8 @@ class NexusBackend(WorkerPlugin):
                 self._drop(session, r.id, r.sink, DropReason.DEADLINE)
             take = w.take
             if 0 < take < slot.floor:
-                # wait for company: no longer than the floor batch itself takes (nor than a duty cycle, the wait
-                # the plan allows), so holding costs at most one short batch of latency
+                # wait for company: no longer than the planned batch itself takes (nor than a duty cycle, the
+                # wait the plan allows), so holding costs at most one batch of latency
                 until = q[0].start + min(self._duty_s, float(slot.table[slot.floor]))
                 if now < until:
                     self._hold_until = min(self._hold_until, until)
@@ -881,15 +878,6 @@ def _lat_ms(device: Any, model: str, batch: int) -> float:
     """``l(b)`` for early drop; a device that cannot tell (None) plans with 0, i.e. drops only what is late."""
     lat = device.batch_latency_ms(model, batch)
     return 0.0 if lat is None else float(lat)
-
-
-def _batch_floor(table: np.ndarray, b: int) -> int:
-    """The smallest batch ``n <= b`` whose latency per request ``l(n)/n`` is within ``FLOOR_SLACK`` of the
-    planned batch's (``table[n]`` is ``l(n)``; 1 when the table cannot tell)."""
-    if b <= 1 or len(table) <= b or not table[b] > 0:
-        return 1
-    target = (1.0 + FLOOR_SLACK) * float(table[b]) / b
-    return next((n for n in range(1, b + 1) if float(table[n]) / n <= target), b)
 
 
 def _max_batch(device: Any, model: str, default: int) -> int:
