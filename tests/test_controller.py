@@ -242,6 +242,20 @@ def test_started_workers_keep_freed_activations_in_the_heap(ctl):
     assert all(env == {k: str(v) for k, v in WORKER_MALLOC_ENV.items()} for env in seen.values())
 
 
+def test_started_servers_skip_housekeeping_serving_does_not_need(ctl):
+    """No statistical profiler on the workers; every server's loop ticks once a second, not every 20 ms."""
+
+    def housekeeping(dask_worker):
+        import dask
+
+        return (dask_worker.periodic_callbacks["tick"].callback_time,
+                dask.config.get("distributed.worker.profile.enabled"))
+
+    seen = ctl.client.run(housekeeping)
+    assert len(seen) == 2 and all(v == (1000, False) for v in seen.values()), seen
+    assert ctl.client.cluster.scheduler.periodic_callbacks["tick"].callback_time == 1000
+
+
 def test_controller_applies_serves_and_reports(ctl):
     name = ctl.add_session("vgg_s", slo_ms=50, rate=40, name="scenes")
     preview = ctl.plan()

@@ -60,9 +60,9 @@ def run(quick: bool = False) -> dict[str, Any]:
     n = 4000 if quick else 20000
     n_unco = 500 if quick else 2000
     batch = 16  # requests per coalesced message, per backend
-    from ..controller.cluster import worker_malloc_config
+    from ..controller.cluster import SERVING_CONFIG, worker_malloc_config
 
-    with dask.config.set(worker_malloc_config()), \
+    with dask.config.set({**worker_malloc_config(), **SERVING_CONFIG}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         client.register_plugin(NexusBackend(device="cpu", stats_interval_s=0))
