@@ -264,10 +264,17 @@ def test_controller_applies_serves_and_reports(ctl):
         ctl.infer("nope", None)
     plan = ctl.apply()
     assert ctl.version == 1 and plan.num_gpus == preview.num_gpus
+    assert ctl.frontend.sessions[name].get("coalesce_ms") is None  # simulated GPUs: the frontend's 1 ms
     floors = ctl.set_batch_floor(True)  # live, on every backend; simulated GPUs have it off by default
     assert sorted(floors) == ctl._workers()
-    assert max(f.get(name, 1) for f in floors.values()) > 1  # vgg_s batches pay off from 2 on
+    assert max(f.get(name, 1) for f in floors.values()) > 1  # the planned batch
+    # the frontend now coalesces for half the shortest hold min(d, l(b)) of the session's allocations
+    prof = ctl.editor.workload().profile("vgg_s")
+    holds = [min(g.duty_cycle_ms, float(prof.latency_ms(a.batch))) for g in plan.gpus for a in g.allocations
+             if a.session == name and a.batch > 1]
+    assert ctl.frontend.sessions[name]["coalesce_ms"] == pytest.approx(0.5 * min(holds))
     assert all(f.get(name, 1) == 1 for f in ctl.set_batch_floor(None).values())
+    assert ctl.frontend.sessions[name].get("coalesce_ms") is None
     futs = []
     for _ in range(20):  # at the planned rate (40/s): a burst beyond the plan would be early-dropped
         futs.append(ctl.submit(name, None))
@@ -313,6 +320,8 @@ def test_apply_plan_runs_a_valid_manual_placement_and_refuses_an_invalid_one(ctl
 
     from nexus_lab.planner import PlanInvalid
 
+    if "scenes" not in ctl.editor.names():  # whichever tests of the module ran before on this controller
+        ctl.add_session("vgg_s", slo_ms=50, rate=40, name="scenes")
     plan = ctl.apply()
     g = plan.gpus[0]
     small = dataclasses.replace(g, allocations=(dataclasses.replace(g.allocations[0], batch=1), *g.allocations[1:]))
@@ -327,7 +336,7 @@ def test_apply_plan_runs_a_valid_manual_placement_and_refuses_an_invalid_one(ctl
 def test_a_new_controller_adopts_the_running_plan(ctl):
     from nexus_lab.controller import Controller
 
-    if not ctl.editor.names():
+    if "scenes" not in ctl.editor.names():  # whichever tests of the module ran before on this controller
         ctl.add_session("vgg_s", slo_ms=50, rate=40, name="scenes")
         ctl.apply()
     other = Controller(ctl.client, auto=False)

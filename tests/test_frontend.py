@@ -91,6 +91,25 @@ def test_requests_end_to_end_and_coalesced(cluster):
     assert served[0] >= 48 and served[1] >= 16
 
 
+def test_a_session_coalesces_for_its_own_window(cluster):
+    client, workers = cluster
+    slow = {"cls": {**SESSIONS["cls"], "coalesce_ms": 150.0}}
+    with Frontend(client, coalesce_ms=0.0) as fe:
+        fe.set_routes({"cls": [(workers[0], 1.0)]}, slow)
+        t0 = time.time()
+        futs = [fe.submit("cls", None) for _ in range(3)]  # three calls, one message
+        time.sleep(0.05)
+        futs.append(fe.submit("cls", None))
+        assert Counter(outcome(f) for f in futs) == {"ok": 4}
+        assert time.time() - t0 >= 0.15 and fe.sent_messages == 1
+        fe.update_sessions({"cls": SESSIONS["cls"], "unrouted": SESSIONS["cls"]})  # back to the frontend's window
+        assert "unrouted" not in fe.sessions
+        t0 = time.time()
+        assert outcome(fe.submit("cls", None)) == "ok" and time.time() - t0 < 0.15
+        with pytest.raises(ValueError, match=r"coalesce_ms: must be in \[0, slo_ms"):
+            fe.set_routes({"cls": [(workers[0], 1.0)]}, {"cls": {**SESSIONS["cls"], "coalesce_ms": 500.0}})
+
+
 def test_errors_before_anything_is_sent(cluster):
     client, workers = cluster
     with Frontend(client) as fe:

@@ -33,6 +33,12 @@ __all__ = ["ApplyError", "Controller"]
 #: early drop serves requests right at their budget deadline, so this is all the slack the reply path gets.
 RUNTIME_NET_MS = 10.0
 
+#: Share of a session's batch-floor hold its frontend may coalesce requests for (``coalesce_ms`` of the session
+#: table). A host-CPU backend holds a partial batch until its oldest request is ``min(d, l(b))`` old, counted
+#: from when the request was sent, so a request the frontend held back for less than that meets the same bound;
+#: fewer, larger messages leave more of the shared cores to the model.
+COALESCE_SHARE = 0.5
+
 _META_KEY = "nexus_lab-controller"  # scheduler metadata: the workload and plan the backends run (for adoption)
 
 
@@ -133,6 +139,7 @@ class Controller:
         self._sessions_table: dict[str, dict[str, Any]] = {}
         self._planned_at: float | None = None
         self._planned_measured: dict[str, float] = {}
+        self._batch_floor: bool | None = None  # as set_batch_floor last set it on the backends
 
         states = self._states(self._workers())
         if device is None:
@@ -226,7 +233,7 @@ class Controller:
             self._sessions_table = {n: sessions.get(n) or {"model": "", "slo_ms": 1.0} for n in used}
             self._planned_at = time.time()
             self._planned_measured = planned_rates(self.editor.workload())
-        self.frontend.set_routes(used, self._sessions_table)
+        self.frontend.set_routes(used, self._coalesced(self._sessions_table))
         self._event("adopted", version=self._version, workers=len(running))
 
     # ------------------------------------------------------------------------------------------ edits
@@ -301,7 +308,23 @@ class Controller:
             out[s.session] = {"model": s.model, "slo_ms": float(s.slo_ms), "budget_ms": float(budget)}
             if prof is not None:  # what the backend keeps back after a batch (the rest of L - L' is spent before)
                 out[s.session].update(post_ms=float(prof.postprocess_ms), net_ms=float(wl.net_ms))
+        for name, hold in _floor_holds_ms(plan, profiles).items():
+            if name in out:
+                out[name]["hold_ms"] = hold
         return out
+
+    def _coalesced(self, table: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The session table for the frontend: ``coalesce_ms`` a share of each session's batch-floor hold while
+        the backends' floor is on (host-CPU devices, or ``set_batch_floor(True)``); the default window else."""
+        on = self._batch_floor if self._batch_floor is not None else self.device == "cpu"
+        out = {}
+        for name, entry in table.items():
+            e = {k: v for k, v in entry.items() if k != "coalesce_ms"}
+            if on and e.get("hold_ms"):
+                e["coalesce_ms"] = COALESCE_SHARE * float(e["hold_ms"])
+            out[name] = e
+        return out
+
 
     def apply_plan(self, plan: Plan) -> Plan:
         """Apply a given plan (e.g. a manual placement from the placement editor) the way ``apply`` applies its
@@ -383,7 +406,8 @@ class Controller:
             actual.update({w: new[w] for w in tr.first if w not in errors})
             mid = {s: r for s, r in tr.mid_routes.items() if s in sessions or s in self._sessions_table}
             table = {**self._sessions_table, **sessions}
-            self.frontend.set_routes({s: [x for x in r if x[0] not in errors] for s, r in mid.items()}, table)
+            self.frontend.set_routes({s: [x for x in r if x[0] not in errors] for s, r in mid.items()},
+                                     self._coalesced(table))
             err2 = run(tr.second)
             errors.update(err2)
             actual.update({w: new[w] for w in tr.second if w not in err2})
@@ -395,7 +419,8 @@ class Controller:
                 self._sessions_table = {s: table[s] for s in final if s in table}
                 self._planned_at = time.time()
                 self._planned_measured = planned_rates(wl)
-            self.frontend.set_routes({s: r for s, r in final.items() if s in table}, self._sessions_table)
+            self.frontend.set_routes({s: r for s, r in final.items() if s in table},
+                                     self._coalesced(self._sessions_table))
             self._publish(wl, plan, version)
             self._event("applied", version=version, gpus=plan.num_gpus, moved=list(tr.changed),
                         errors=errors, started=started)
@@ -489,7 +514,7 @@ class Controller:
                 routes = routes_of(self._current)
             # Stop routing to lost workers at once; the re-plan below moves their sessions.
             self.frontend.set_routes({s: r for s, r in routes.items() if s in self._sessions_table},
-                                     self._sessions_table)
+                                     self._coalesced(self._sessions_table))
         self.collect(workers)
         if self._replan_requested.is_set():
             reason = reason or "requested"
@@ -525,6 +550,11 @@ class Controller:
         bad = {w: r for w, r in replies.items() if not isinstance(r, dict)}
         if bad:
             raise ApplyError(f"set_batch_floor failed on {sorted(bad)}: {next(iter(bad.values()))!r}")
+        with self._apply_lock:  # the frontend coalesces for as long as the backends now hold
+            with self._lock:
+                self._batch_floor = on
+                table = self._coalesced(self._sessions_table)
+            self.frontend.update_sessions(table)
         return {w: dict(r["floors"]) for w, r in replies.items()}
 
     def collect(self, workers: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -727,3 +757,18 @@ class Controller:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _floor_holds_ms(plan: Plan, profiles: Mapping[str, Any]) -> dict[str, float]:
+    """How long each session's backends would hold a partial batch under a batch floor (``min(d, l(b))``, the
+    shortest over its allocations), as ``NexusBackend`` decides it: single-model allocations of batch > 1."""
+    holds: dict[str, float] = {}
+    prefixed = {n for g in plan.prefix_groups for n in (*g.get("sessions", ()), g.get("prefix_session"))}
+    for gpu in plan.gpus:
+        for a in gpu.allocations:
+            prof = profiles.get(a.session)
+            if prof is None or a.batch <= 1 or a.session in prefixed or a.model.endswith((".prefix", ".suffix")):
+                continue
+            hold = min(float(gpu.duty_cycle_ms), float(prof.latency_ms(a.batch)))
+            holds[a.session] = min(hold, holds.get(a.session, hold))
+    return holds

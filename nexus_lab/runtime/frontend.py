@@ -126,6 +126,7 @@ class _Conn:
         self.ready: asyncio.Future | None = None
         self.buffer: list[_Pending] = []
         self.flush_scheduled = False
+        self.flush_at = 0.0  # loop time (time.monotonic) the armed coalescing timer fires
         self.inflight: dict[int, _Pending] = {}
         self.lock: asyncio.Lock | None = None
 
@@ -141,7 +142,9 @@ class Frontend:
     security : distributed.security.Security, optional
         For TLS clusters (e.g. ``Security.temporary()``).
     coalesce_ms : float
-        How long the first request of a buffer waits for company before the buffer is flushed.
+        How long the first request of a buffer waits for company before the buffer is flushed; a session whose
+        info (``set_routes``) carries its own ``coalesce_ms`` uses that (a controller sets it on host-CPU
+        backends, which hold partial batches anyway).
     max_coalesce : int
         Flush at once when a backend's buffer holds this many requests.
 
@@ -199,7 +202,8 @@ class Frontend:
     # ------------------------------------------------------------------------------------------ routes
     def set_routes(self, routes: dict[str, list[tuple[str, float]]], sessions: dict[str, dict[str, Any]]) -> None:
         """Install the plan's routes: session -> [(worker address, planned rate)], and each session's
-        ``{"model", "slo_ms", "budget_ms"}``. Requests already in flight are not moved."""
+        ``{"model", "slo_ms", "budget_ms"}`` (optionally ``"coalesce_ms"``). Requests already in flight are not
+        moved."""
         for name, backends in routes.items():
             if name not in sessions:
                 raise ValueError(f"routes[{name!r}]: session missing from sessions")
@@ -209,6 +213,9 @@ class Frontend:
         for name, s in sessions.items():
             if float(s.get("slo_ms", 0)) <= 0:
                 raise ValueError(f"sessions[{name!r}].slo_ms: must be > 0, got {s.get('slo_ms')}")
+            if s.get("coalesce_ms") is not None and not 0 <= float(s["coalesce_ms"]) <= float(s["slo_ms"]):
+                raise ValueError(f"sessions[{name!r}].coalesce_ms: must be in [0, slo_ms = {s['slo_ms']}], got "
+                                 f"{s['coalesce_ms']}")
         specs = {name: _input_spec(str(s.get("model", ""))) for name, s in sessions.items()}
         with self._lock:
             self._routes = {name: _Route(b) for name, b in routes.items()}
@@ -216,6 +223,14 @@ class Frontend:
             self._specs = specs
             listed = {a for b in routes.values() for a, _ in b}
             self._dead -= listed
+
+    def update_sessions(self, sessions: dict[str, dict[str, Any]]) -> None:
+        """Replace the info of routed sessions (e.g. a new ``coalesce_ms``) without touching their routes;
+        sessions not routed here are ignored."""
+        with self._lock:
+            for name, s in sessions.items():
+                if name in self._sessions:
+                    self._sessions[name] = dict(s)
 
     def routes_config(self) -> dict[str, Any]:
         """The installed routes and sessions in the form ``set_routes`` takes (JSON-able): what a controller
@@ -313,6 +328,8 @@ class Frontend:
         now = time.time()
         dl = now + float(s["slo_ms"]) / 1000.0 if deadline is None else float(deadline)
         expire = (now + float(timeout_s)) if timeout_s is not None else dl + LOST_GRACE_S
+        window = s.get("coalesce_ms")
+        due = time.monotonic() + (self.coalesce_s if window is None else float(window) / 1000.0)
         out: list[_Pending] = []
         wake: list[_Conn] = []
         now_flush: list[_Conn] = []
@@ -333,9 +350,11 @@ class Frontend:
                 if len(conn.buffer) >= self.max_coalesce:
                     if conn not in now_flush:
                         now_flush.append(conn)
-                elif not conn.flush_scheduled:
+                elif not conn.flush_scheduled or due < conn.flush_at:  # a session with a shorter window
                     conn.flush_scheduled = True
-                    wake.append(conn)
+                    conn.flush_at = due
+                    if conn not in wake:
+                        wake.append(conn)
         if wake or now_flush:
             if threading.get_ident() == self._thread.ident:
                 self._schedule(wake, now_flush)
@@ -352,12 +371,13 @@ class Frontend:
         return f"no backend serves session {session!r}"
 
     def _schedule(self, wake: list[_Conn], now_flush: list[_Conn]) -> None:
-        """Loop thread: a full buffer flushes at once, the first request of a buffer arms the coalescing timer."""
+        """Loop thread: a full buffer flushes at once; the first request of a buffer arms the coalescing timer
+        (its session's ``coalesce_ms``, else the frontend's), and a later one with a shorter window re-arms it."""
         for conn in now_flush:
             self._spawn(self._flush(conn))
         for conn in wake:
             if conn not in now_flush:
-                self._loop.call_later(self.coalesce_s, lambda c=conn: self._spawn(self._flush(c)))
+                self._loop.call_at(conn.flush_at, lambda c=conn: self._spawn(self._flush(c)))
 
     async def _flush(self, conn: _Conn) -> None:
         with self._lock:
