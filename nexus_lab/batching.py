@@ -189,3 +189,19 @@ def burst_take(head_deadline: float, now: float, queued: int, planned_batch: int
     while n < top and latency_s[n + 1] <= limit:
         n += 1
     return n
+
+
+#: A host-CPU backend holds a batch back until it costs at most this much more per request than the planned batch.
+FLOOR_SLACK = 0.15
+
+
+def batch_floor(latency: Sequence[float] | np.ndarray, planned_batch: int, slack: float = FLOOR_SLACK) -> int:
+    """The smallest batch ``n <= b`` whose latency per request ``l(n)/n`` is within ``slack`` of the planned batch
+    ``b``'s (``latency[n]`` is ``l(n)``, any unit; 1 when the table cannot tell). A backend whose device is the
+    host's CPU holds a smaller batch back for at most ``l(floor)``; the controller's frontends coalesce for part
+    of that hold."""
+    b = int(planned_batch)
+    if b <= 1 or len(latency) <= b or not latency[b] > 0:
+        return 1
+    target = (1.0 + slack) * float(latency[b]) / b
+    return next((n for n in range(1, b + 1) if float(latency[n]) / n <= target), b)

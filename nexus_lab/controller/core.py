@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from ..batching import batch_floor
 from ..planner import Plan, plan_workload, validate
 from ..planner.api import check_fill, session_profiles, stage_session
 from ..workload import Workload, WorkloadError
@@ -34,7 +35,7 @@ __all__ = ["ApplyError", "Controller"]
 RUNTIME_NET_MS = 10.0
 
 #: Share of a session's batch-floor hold its frontend may coalesce requests for (``coalesce_ms`` of the session
-#: table). A host-CPU backend holds a partial batch until its oldest request is ``min(d, l(b))`` old, counted
+#: table). A host-CPU backend holds a partial batch until its oldest request is ``min(d, l(floor))`` old, counted
 #: from when the request was sent, so a request the frontend held back for less than that meets the same bound;
 #: fewer, larger messages leave more of the shared cores to the model.
 COALESCE_SHARE = 0.5
@@ -760,8 +761,9 @@ class Controller:
 
 
 def _floor_holds_ms(plan: Plan, profiles: Mapping[str, Any]) -> dict[str, float]:
-    """How long each session's backends would hold a partial batch under a batch floor (``min(d, l(b))``, the
-    shortest over its allocations), as ``NexusBackend`` decides it: single-model allocations of batch > 1."""
+    """How long each session's backends would hold a partial batch under a batch floor (``min(d, l(floor))``,
+    the shortest over its allocations), as ``NexusBackend`` decides it: single-model allocations whose floor
+    (``batching.batch_floor``) is above 1."""
     holds: dict[str, float] = {}
     prefixed = {n for g in plan.prefix_groups for n in (*g.get("sessions", ()), g.get("prefix_session"))}
     for gpu in plan.gpus:
@@ -769,6 +771,9 @@ def _floor_holds_ms(plan: Plan, profiles: Mapping[str, Any]) -> dict[str, float]
             prof = profiles.get(a.session)
             if prof is None or a.batch <= 1 or a.session in prefixed or a.model.endswith((".prefix", ".suffix")):
                 continue
-            hold = min(float(gpu.duty_cycle_ms), float(prof.latency_ms(a.batch)))
+            floor = batch_floor(prof.lat_ms, a.batch)
+            if floor <= 1:
+                continue
+            hold = min(float(gpu.duty_cycle_ms), float(prof.lat_ms[floor]))
             holds[a.session] = min(hold, holds.get(a.session, hold))
     return holds

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..batching import DropReason, burst_take, early_drop_window
+from ..batching import DropReason, batch_floor, burst_take, early_drop_window
 
 logger = logging.getLogger("nexus_lab.backend")
 
@@ -165,7 +165,7 @@ class _Slot:
         self.lat_s = lat_s
         self.table = table  # l(n) in seconds for n = 0..N (N >= planned batch): burst growth looks it up
         self.suffix_tables: list[np.ndarray] = []  # prefix units: each suffix's l(n), n = 0..its batch
-        self.floor = 1  # the smallest batch worth running at once (the planned batch on a host CPU device)
+        self.floor = 1  # the smallest batch worth running when the device is the host's CPU (``batching.batch_floor``)
 
 
 def parse_gpu(gpu: dict[str, Any] | None) -> tuple[float, list[dict[str, Any]]]:
@@ -226,11 +226,11 @@ class NexusBackend(WorkerPlugin):
         session still waits at most one cycle of planned batches, so the plan's ``d + l(b) <= L'`` holds.
         False: a cycle starts every ``duty_cycle_ms`` (the paper's fixed cycle) and batches never exceed the plan.
     batch_floor : bool or None
-        Hold a work-conserving batch back while it is smaller than the planned batch (its floor) until its
-        oldest request has waited ``l(b)`` or one duty cycle (the wait the plan allows), whichever is shorter.
+        Hold a work-conserving batch back while it is smaller than its floor (``batching.batch_floor``: the
+        smallest batch whose cost per request is within ``FLOOR_SLACK`` of the planned batch's) until its oldest
+        request has waited ``l(floor)`` or one duty cycle (the wait the plan allows), whichever is shorter.
         None (default): only when the device is the host's CPU, whose idle time is the CPU the dispatch path runs
-        on, so small batches cost throughput twice (more forward passes, each with its fixed cost, and more
-        replies); a GPU (or a simulated one) runs whatever is queued.
+        on, so tiny batches cost throughput twice; a GPU (or a simulated one) runs whatever is queued.
     """
 
     name = "nexus-backend"
@@ -462,7 +462,7 @@ class NexusBackend(WorkerPlugin):
         on = self.batch_floor if self.batch_floor is not None else getattr(self.device, "kind", "") == "cpu"
         if not (on and self.work_conserving) or slot.prefix_model is not None or slot.table is None:
             return 1
-        return slot.batches[0]
+        return batch_floor(slot.table, slot.batches[0])
 
     async def nexus_configure(self, batch_floor: bool | None = None) -> dict[str, Any]:
         """Switch the batch floor live (``batch_floor`` as in the constructor; None: by device kind); returns each
@@ -660,8 +660,8 @@ class NexusBackend(WorkerPlugin):
                 self._drop(session, r.id, r.sink, DropReason.DEADLINE)
             take = w.take
             if 0 < take < slot.floor:
-                # wait for company: no longer than the planned batch itself takes (nor than a duty cycle, the
-                # wait the plan allows), so holding costs at most one batch of latency
+                # wait for company: no longer than the floor batch itself takes (nor than a duty cycle, the wait
+                # the plan allows), so holding costs at most one short batch of latency
                 until = q[0].start + min(self._duty_s, float(slot.table[slot.floor]))
                 if now < until:
                     self._hold_until = min(self._hold_until, until)
