@@ -9,6 +9,7 @@ import time
 import pytest
 
 from nexus_lab.batching import batch_floor
+from nexus_lab.controller.core import COALESCE_SHARE
 from nexus_lab.controller.edits import WorkloadEditor, base_workload
 from nexus_lab.controller.html import render
 from nexus_lab.controller.placement import assign_gpus, gpu_key, routes_of, transition, worker_gpus
@@ -269,11 +270,11 @@ def test_controller_applies_serves_and_reports(ctl):
     floors = ctl.set_batch_floor(True)  # live, on every backend; simulated GPUs have it off by default
     assert sorted(floors) == ctl._workers()
     assert max(f.get(name, 1) for f in floors.values()) > 1  # vgg_s batches pay off from 2 on
-    # the frontend now coalesces for half the shortest hold min(d, l(floor)) of the session's allocations
+    # the frontend now coalesces for (a share of) the shortest hold min(d, l(floor)) of the session's allocations
     prof = ctl.editor.workload().profile("vgg_s")
     holds = [min(g.duty_cycle_ms, float(prof.lat_ms[batch_floor(prof.lat_ms, a.batch)]))
              for g in plan.gpus for a in g.allocations if a.session == name and batch_floor(prof.lat_ms, a.batch) > 1]
-    assert ctl.frontend.sessions[name]["coalesce_ms"] == pytest.approx(0.5 * min(holds))
+    assert ctl.frontend.sessions[name]["coalesce_ms"] == pytest.approx(COALESCE_SHARE * min(holds))
     assert all(f.get(name, 1) == 1 for f in ctl.set_batch_floor(None).values())
     assert ctl.frontend.sessions[name].get("coalesce_ms") is None
     futs = []
