@@ -15,7 +15,7 @@ pytest.importorskip("nexus_lab.runtime.device")
 
 from distributed import Client, LocalCluster
 
-from nexus_lab.batching import batch_floor as _batch_floor
+from nexus_lab.batching import batch_floor
 from nexus_lab.controller import worker_malloc_config
 from nexus_lab.profiles import profile_set
 from nexus_lab.runtime.backend import NexusBackend, parse_gpu
@@ -121,16 +121,16 @@ def test_fixed_duty_cycle_keeps_planned_batches():
 
 def test_batch_floor_is_the_smallest_batch_nearly_as_cheap_per_request():
     lat = np.array([0.0] + [0.5 + 0.6 * n for n in range(1, 17)])  # l(n) = beta + alpha n: per request falls with n
-    assert _batch_floor(lat, 8) == 4  # l(4)/4 = 0.725 <= 1.15 * l(8)/8 = 0.762 < l(3)/3
-    assert _batch_floor(lat, 1) == 1
-    assert _batch_floor(np.arange(17, dtype=float), 8) == 1  # no batching benefit: never wait
-    assert _batch_floor(np.zeros(17), 8) == 1  # a device that cannot tell its latency
+    assert batch_floor(lat, 8) == 4  # l(4)/4 = 0.725 <= 1.15 * l(8)/8 = 0.762 < l(3)/3
+    assert batch_floor(lat, 1) == 1
+    assert batch_floor(np.arange(17, dtype=float), 8) == 1  # no batching benefit: never wait
+    assert batch_floor(np.zeros(17), 8) == 1  # a device that cannot tell its latency
 
 
 def test_batch_floor_waits_for_company_at_most_one_short_batch():
     prof = profile_set("titan-x-pascal")["vgg_s"]
     lat = np.array([0.0] + [float(prof.lat_ms[n]) for n in range(1, 17)]) / 1000.0
-    floor = _batch_floor(lat, 16)
+    floor = batch_floor(lat, 16)
     assert 1 < floor < 16
     hold = min(0.060, float(lat[floor]))  # at most the floor batch's own time, at most one duty cycle
     with one_backend(NexusBackend(device=SIM, stats_interval_s=0, batch_floor=True),
@@ -141,6 +141,7 @@ def test_batch_floor_waits_for_company_at_most_one_short_batch():
         waited = time.time() - sent
         assert alone[0]["status"] == "ok"
         assert hold <= waited < hold + 0.1  # held for company, then run anyway
+        assert call_sync(client, w, "nexus_state")["holds_ms"] == {"cls": pytest.approx(1000.0 * hold)}
         sent = time.time()
         full = submit(client, w, [{"id": k, "session": "cls", "deadline": sent + 0.3, "payload": None}
                                   for k in range(1, floor + 1)])

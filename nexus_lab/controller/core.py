@@ -16,7 +16,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
-from ..batching import batch_floor
 from ..planner import Plan, plan_workload, validate
 from ..planner.api import check_fill, session_profiles, stage_session
 from ..workload import Workload, WorkloadError
@@ -35,8 +34,9 @@ __all__ = ["ApplyError", "Controller"]
 RUNTIME_NET_MS = 10.0
 
 #: Share of a session's batch-floor hold its frontend may coalesce requests for (``coalesce_ms`` of the session
-#: table). A host-CPU backend holds a partial batch until its oldest request is ``min(d, l(floor))`` old, counted
-#: from when the request was sent, so a request the frontend held back for no longer than that meets the same
+#: table). A host-CPU backend holds a partial batch until its oldest request is ``min(d, l(floor))`` old (the
+#: backends report it: ``holds_ms`` of their apply, configure and state replies), counted from when the request
+#: was sent, so a request the frontend held back for no longer than that meets the same
 #: bound; fewer, larger messages leave more of the shared cores to the model. Alternating runs on the conv net
 #: at 1500 req/s, CPU per request: 1.20/1.21 ms at the whole hold, 1.23/1.26 at half, 1.29/1.27 without.
 COALESCE_SHARE = 1.0
@@ -141,7 +141,7 @@ class Controller:
         self._sessions_table: dict[str, dict[str, Any]] = {}
         self._planned_at: float | None = None
         self._planned_measured: dict[str, float] = {}
-        self._batch_floor: bool | None = None  # as set_batch_floor last set it on the backends
+        self._holds: dict[str, dict[str, float]] = {}  # worker -> {session: batch-floor hold (ms)}, as reported
 
         states = self._states(self._workers())
         if device is None:
@@ -229,6 +229,7 @@ class Controller:
                     except WorkloadError as exc:
                         logger.warning("cannot adopt session %s: %s", name, exc)
             self._current = {w: running.get(w) for w in states}
+            self._holds = {w: dict(s.get("holds_ms") or {}) for w, s in states.items() if s}
             self._version = max([int(s.get("version", 0)) for s in states.values() if s]
                                 + [int((meta or {}).get("version", 0))])
             used = routes_of(self._current)
@@ -310,23 +311,16 @@ class Controller:
             out[s.session] = {"model": s.model, "slo_ms": float(s.slo_ms), "budget_ms": float(budget)}
             if prof is not None:  # what the backend keeps back after a batch (the rest of L - L' is spent before)
                 out[s.session].update(post_ms=float(prof.postprocess_ms), net_ms=float(wl.net_ms))
-        for name, hold in _floor_holds_ms(plan, profiles).items():
-            if name in out:
-                out[name]["hold_ms"] = hold
         return out
 
     def _coalesced(self, table: Mapping[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """The session table for the frontend: ``coalesce_ms`` a share of each session's batch-floor hold while
-        the backends' floor is on (host-CPU devices, or ``set_batch_floor(True)``); the default window else."""
-        on = self._batch_floor if self._batch_floor is not None else self.device == "cpu"
+        """The session table for the frontend: ``coalesce_ms`` a share of the shortest batch-floor hold the
+        session's backends reported (host-CPU devices, or ``set_batch_floor(True)``); the default window else."""
         out = {}
         for name, entry in table.items():
-            e = {k: v for k, v in entry.items() if k != "coalesce_ms"}
-            if on and e.get("hold_ms"):
-                e["coalesce_ms"] = COALESCE_SHARE * float(e["hold_ms"])
-            out[name] = e
+            holds = [h[name] for h in self._holds.values() if h.get(name)]
+            out[name] = {**entry, "coalesce_ms": COALESCE_SHARE * min(holds)} if holds else dict(entry)
         return out
-
 
     def apply_plan(self, plan: Plan) -> Plan:
         """Apply a given plan (e.g. a manual placement from the placement editor) the way ``apply`` applies its
@@ -401,6 +395,8 @@ class Controller:
                     err = r if isinstance(r, Exception) else (r or {}).get("error")
                     if err:
                         errors[w] = str(err)
+                    else:
+                        self._holds[w] = dict(r.get("holds_ms") or {})
                 return errors
 
             actual = dict(old)
@@ -513,6 +509,7 @@ class Controller:
             with self._lock:
                 for w in gone:
                     self._current.pop(w, None)
+                    self._holds.pop(w, None)
                 routes = routes_of(self._current)
             # Stop routing to lost workers at once; the re-plan below moves their sessions.
             self.frontend.set_routes({s: r for s, r in routes.items() if s in self._sessions_table},
@@ -554,7 +551,7 @@ class Controller:
             raise ApplyError(f"set_batch_floor failed on {sorted(bad)}: {next(iter(bad.values()))!r}")
         with self._apply_lock:  # the frontend coalesces for as long as the backends now hold
             with self._lock:
-                self._batch_floor = on
+                self._holds.update({w: dict(r.get("holds_ms") or {}) for w, r in replies.items()})
                 table = self._coalesced(self._sessions_table)
             self.frontend.update_sessions(table)
         return {w: dict(r["floors"]) for w, r in replies.items()}
@@ -760,21 +757,3 @@ class Controller:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-
-def _floor_holds_ms(plan: Plan, profiles: Mapping[str, Any]) -> dict[str, float]:
-    """How long each session's backends would hold a partial batch under a batch floor (``min(d, l(floor))``,
-    the shortest over its allocations), as ``NexusBackend`` decides it: single-model allocations whose floor
-    (``batching.batch_floor``) is above 1."""
-    holds: dict[str, float] = {}
-    prefixed = {n for g in plan.prefix_groups for n in (*g.get("sessions", ()), g.get("prefix_session"))}
-    for gpu in plan.gpus:
-        for a in gpu.allocations:
-            prof = profiles.get(a.session)
-            if prof is None or a.batch <= 1 or a.session in prefixed or a.model.endswith((".prefix", ".suffix")):
-                continue
-            floor = batch_floor(prof.lat_ms, a.batch)
-            if floor <= 1:
-                continue
-            hold = min(float(gpu.duty_cycle_ms), float(prof.lat_ms[floor]))
-            holds[a.session] = min(hold, holds.get(a.session, hold))
-    return holds

@@ -401,7 +401,8 @@ class NexusBackend(WorkerPlugin):
             # 3. models no longer planned are unloaded once their sessions have drained (duty-cycle task)
             self._unload_pending |= set(self._loaded_batch) - set(need)
             self._arrival.set()
-            return {"version": self.version, "loaded": sorted(self._loaded_batch), "error": None}
+            return {"version": self.version, "loaded": sorted(self._loaded_batch), "error": None,
+                    "holds_ms": self._holds_ms()}
 
     async def nexus_submit(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Enqueue a coalesced message of requests; reply once every one has ended (event loop)."""
@@ -464,19 +465,29 @@ class NexusBackend(WorkerPlugin):
             return 1
         return batch_floor(slot.table, slot.batches[0])
 
+    def _hold_s(self, slot: _Slot) -> float:
+        """How long a batch below the slot's floor waits for company: no longer than the floor batch itself
+        takes, nor than a duty cycle (the wait the plan allows); 0 without a floor."""
+        return min(self._duty_s, float(slot.table[slot.floor])) if slot.floor > 1 and slot.table is not None else 0.0
+
+    def _holds_ms(self) -> dict[str, float]:
+        """Each planned session's hold (ms), for sessions with a floor: what a frontend may coalesce for."""
+        return {sl.sessions[0]: 1000.0 * self._hold_s(sl) for sl in self._slots if sl.floor > 1}
+
     async def nexus_configure(self, batch_floor: bool | None = None) -> dict[str, Any]:
         """Switch the batch floor live (``batch_floor`` as in the constructor; None: by device kind); returns each
         planned session's floor (1: runs whatever is queued)."""
         self.batch_floor = batch_floor
         for slot in self._slots:
             slot.floor = self._floor_of(slot)
-        return {"floors": {sl.sessions[0]: sl.floor for sl in self._slots if sl.prefix_model is None}}
+        return {"floors": {sl.sessions[0]: sl.floor for sl in self._slots if sl.prefix_model is None},
+                "holds_ms": self._holds_ms()}
 
     async def nexus_state(self) -> dict[str, Any]:
         """What a new controller needs to adopt the running plan."""
         return {"version": self.version, "gpu": self.gpu, "sessions": dict(self.sessions),
                 "device": getattr(self.device, "name", self.device_spec), "address": self.address,
-                "loaded": dict(self._loaded_batch),
+                "loaded": dict(self._loaded_batch), "holds_ms": self._holds_ms(),
                 "memory_used_mb": float(self.device.memory_used_mb())}
 
     # ------------------------------------------------------------------------------------------ queueing
@@ -660,9 +671,9 @@ class NexusBackend(WorkerPlugin):
                 self._drop(session, r.id, r.sink, DropReason.DEADLINE)
             take = w.take
             if 0 < take < slot.floor:
-                # wait for company: no longer than the floor batch itself takes (nor than a duty cycle, the wait
-                # the plan allows), so holding costs at most one short batch of latency
-                until = q[0].start + min(self._duty_s, float(slot.table[slot.floor]))
+                # wait for company, counted from the oldest request's send time: holding costs at most one short
+                # batch of latency
+                until = q[0].start + self._hold_s(slot)
                 if now < until:
                     self._hold_until = min(self._hold_until, until)
                     parts.append([])
