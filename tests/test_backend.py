@@ -303,6 +303,45 @@ def test_model_exception_fails_only_its_batch(cpu_cluster):
         unregister_model("fragile-test")
 
 
+def test_host_cpu_batches_run_on_the_event_loop_thread(cpu_cluster):
+    """On a host-CPU device the forward pass runs inline on the worker's loop thread (no device thread to wake and
+    to preempt it); ``inline=False`` keeps the device thread."""
+    import threading
+
+    import numpy as np
+    import torch
+
+    from nexus_lab.models import register_model, unregister_model
+
+    seen: list[str] = []
+
+    class Where(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append(threading.current_thread().name)
+            return x + 1
+
+    def run_on(dask_worker: object, inline: bool | None) -> bool:
+        be = dask_worker.plugins["nexus-backend"]
+        be._inline = inline if inline is not None else be._inline
+        return be._inline
+
+    register_model("where-test", Where, (2,), replace=True)
+    client, w = cpu_cluster
+    try:
+        rep = call_sync(client, w, "nexus_apply", gpu=gpu_of(("wh", "where-test", 500.0, 2, 5.0), duty_ms=10.0),
+                        sessions=table(wh=("where-test", 500.0)), version=7)
+        assert rep["error"] is None, rep
+        for inline, expect_device_thread in ((None, False), (False, True), (True, False)):
+            assert client.run(run_on, inline=inline)[w] is (not expect_device_thread)
+            seen.clear()
+            out = submit(client, w, [{"id": 1, "session": "wh", "deadline": time.time() + 0.5,
+                                      "payload": np.zeros(2, dtype=np.float32)}])
+            assert out[0]["status"] == "ok", out
+            assert len(seen) == 1 and seen[0].startswith("nexus-device") is expect_device_thread, seen
+    finally:
+        unregister_model("where-test")
+
+
 def test_prefix_group_runs_prefix_once(cpu_cluster):
     import numpy as np
 

@@ -231,12 +231,19 @@ class NexusBackend(WorkerPlugin):
         request has waited ``l(floor)`` or one duty cycle (the wait the plan allows), whichever is shorter.
         None (default): only when the device is the host's CPU, whose idle time is the CPU the dispatch path runs
         on, so tiny batches cost throughput twice; a GPU (or a simulated one) runs whatever is queued.
+    inline : bool or None
+        Run each batch on the event loop's own thread instead of the device thread. None (default): only when the
+        device is the host's CPU. There the "device" is the cores the event loop also runs on, so a device
+        thread overlaps nothing: it only adds a runnable thread that preempts the forward pass, plus two thread
+        wake-ups per batch. A GPU (or a simulated one) runs on the device thread, overlapped with decoding and
+        replies.
     """
 
     name = "nexus-backend"
 
     def __init__(self, device: str = "simulated:titan-x-pascal", threads: int = 1, stats_interval_s: float = 1.0,
-                 trace_len: int = 2000, work_conserving: bool = True, batch_floor: bool | None = None) -> None:
+                 trace_len: int = 2000, work_conserving: bool = True, batch_floor: bool | None = None,
+                 inline: bool | None = None) -> None:
         if not isinstance(device, str) or not device:
             raise ValueError(f"device: must be a device spec string, got {device!r}")
         if int(threads) < 1:
@@ -251,6 +258,7 @@ class NexusBackend(WorkerPlugin):
         self.trace_len = int(trace_len)
         self.work_conserving = bool(work_conserving)
         self.batch_floor = batch_floor
+        self.inline = inline
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def setup(self, worker: Any) -> None:
@@ -263,6 +271,7 @@ class NexusBackend(WorkerPlugin):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="nexus-device")
         self.device = await self.loop.run_in_executor(
             self._executor, lambda: make_device(self.device_spec, threads=self.threads))
+        self._inline = self.inline if self.inline is not None else getattr(self.device, "kind", "") == "cpu"
         self._hold_until = math.inf  # earliest time a held-back batch must run (``_form``)
         self.version = -1
         self.gpu: dict[str, Any] | None = None
@@ -598,6 +607,7 @@ class NexusBackend(WorkerPlugin):
 
         Pipelined: while the device thread runs batch k, the event loop post-processes batch k-1 (splits outputs,
         writes replies) and keeps decoding arriving messages, so only device time sits on the critical path.
+        Inline (a host-CPU device, see ``inline``) each batch runs here and is replied to at once.
         """
         loop = self.loop
         prev: tuple[_Slot, list[list[_Req]], Any] | None = None
@@ -629,6 +639,11 @@ class NexusBackend(WorkerPlugin):
                     fut = self._launch(slot, batch)
                     if prev is not None:
                         self._finish(*prev)
+                        prev = None
+                    if fut.done():  # ran inline: reply now, then let the loop read and write
+                        self._finish(slot, batch, fut, formed)
+                        await asyncio.sleep(0)
+                        continue
                     await asyncio.wait([fut])
                     prev = (slot, batch, fut, formed)
                 if prev is not None:
@@ -718,15 +733,23 @@ class NexusBackend(WorkerPlugin):
         return parts if total else None
 
     def _launch(self, slot: _Slot, parts: list[list[_Req]]) -> asyncio.Future:
+        """Start one batch on the device thread; inline (see ``inline``), run it here and hand back a done
+        future."""
         dev = self.device
         if slot.prefix_model is None:
-            inputs = _stack([r.payload for r in parts[0]])
-            model = slot.models[0]
-            return self.loop.run_in_executor(self._executor, _timed, dev.run_batch, model, inputs)
-        live = [k for k, p in enumerate(parts) if p]
-        inputs = _stack([r.payload for k in live for r in parts[k]])
-        return self.loop.run_in_executor(self._executor, _timed, dev.run_prefix_batch, slot.prefix_model,
-                                         [slot.models[k] for k in live], inputs, [len(parts[k]) for k in live])
+            call: tuple[Any, ...] = (dev.run_batch, slot.models[0], _stack([r.payload for r in parts[0]]))
+        else:
+            live = [k for k, p in enumerate(parts) if p]
+            call = (dev.run_prefix_batch, slot.prefix_model, [slot.models[k] for k in live],
+                    _stack([r.payload for k in live for r in parts[k]]), [len(parts[k]) for k in live])
+        if not self._inline:
+            return self.loop.run_in_executor(self._executor, _timed, *call)
+        fut = self.loop.create_future()
+        try:
+            fut.set_result(_timed(*call))
+        except Exception as exc:  # the batch's requests fail with it (``_finish``); the backend keeps serving
+            fut.set_exception(exc)
+        return fut
 
     def _finish(self, slot: _Slot, parts: list[list[_Req]], fut: asyncio.Future, formed: tuple[float, float]
                 ) -> None:

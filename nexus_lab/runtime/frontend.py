@@ -295,20 +295,27 @@ class Frontend:
         overrides the session's SLO, as query stages do."""
         return [r.future for r in self._submit(session, payloads, timeout_s, deadline, None)]
 
-    def send_many(self, session: str, payloads: Iterable[Any], on_done: OnDone, *, timeout_s: float | None = None,
-                  deadline: float | None = None) -> None:
+    def send_many(self, session: str, payloads: Iterable[Any], on_done: OnDone | Sequence[OnDone], *,
+                  timeout_s: float | None = None, deadline: float | None = None,
+                  arrived: float | Sequence[float] | None = None) -> None:
         """``submit_many`` without futures, for load generators that only count outcomes: ``on_done(status,
         value)`` runs once per request on the frontend's loop thread (``"ok"`` and the output, ``"dropped"`` and
         the reason, ``"error"`` and the text). A future per request costs about as much CPU as dispatching it;
-        called from the loop thread itself (``run_on_loop``), sending takes no thread hand-off either."""
-        self._submit(session, payloads, timeout_s, deadline, on_done)
+        called from the loop thread itself (``run_on_loop``), sending takes no thread hand-off either.
+
+        ``on_done`` may also be one callback per payload. ``arrived`` (``time.time()``, one for all or one per
+        payload): when the requests arrived, for a caller that hands them over late (a load generator that wakes
+        once per coalescing window); their SLO deadline and coalescing window count from then, so a message whose
+        window has passed goes out at once."""
+        self._submit(session, payloads, timeout_s, deadline, on_done, arrived)
 
     def run_on_loop(self, coro: Any) -> concurrent.futures.Future:
         """Run a coroutine on the frontend's loop thread (where ``send_many`` is cheapest); its future."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
 
     def _submit(self, session: str, payloads: Iterable[Any], timeout_s: float | None, deadline: float | None,
-                on_done: OnDone | None) -> list[_Pending]:
+                on_done: OnDone | Sequence[OnDone] | None, arrived: float | Sequence[float] | None = None
+                ) -> list[_Pending]:
         if self._closed:
             raise RuntimeError("frontend is closed")
         payloads = list(payloads)
@@ -319,24 +326,43 @@ class Frontend:
             spec = self._specs.get(session)
             route = self._routes.get(session)
         if spec is not None:
-            for k, p in enumerate(payloads):
-                _check_payload(spec, p, f"payloads[{k}]" if len(payloads) > 1 else "payload", session)
             # Checked against the spec both sides share: raw bytes travel as one msgpack field each, where an
             # array would be a serialized header plus a frame per request (~10x the frontend's CPU per request);
-            # the backend decodes them with the same spec.
-            payloads = [np.ascontiguousarray(p).tobytes() for p in payloads]
+            # the backend decodes them with the same spec. One object sent many times is checked and encoded once.
+            encoded: dict[int, bytes] = {}
+            for k, p in enumerate(payloads):
+                raw = encoded.get(id(p))
+                if raw is None:
+                    _check_payload(spec, p, f"payloads[{k}]" if len(payloads) > 1 else "payload", session)
+                    raw = encoded[id(p)] = np.ascontiguousarray(p).tobytes()
+                payloads[k] = raw
         now = time.time()
-        dl = now + float(s["slo_ms"]) / 1000.0 if deadline is None else float(deadline)
-        expire = (now + float(timeout_s)) if timeout_s is not None else dl + LOST_GRACE_S
+        mono = time.monotonic()
+        slo_s = float(s["slo_ms"]) / 1000.0
         window = s.get("coalesce_ms")
-        due = time.monotonic() + (self.coalesce_s if window is None else float(window) / 1000.0)
+        window_s = self.coalesce_s if window is None else float(window) / 1000.0
+        if arrived is None or isinstance(arrived, (int, float)):
+            lates = [0.0 if arrived is None else max(0.0, now - float(arrived))] * len(payloads)
+        else:
+            lates = [max(0.0, now - float(a)) for a in arrived]
+            if len(lates) != len(payloads):
+                raise ValueError(f"arrived: must give one time per payload ({len(payloads)}), got {len(lates)}")
+        if on_done is not None and not callable(on_done):
+            dones = list(on_done)
+            if len(dones) != len(payloads):
+                raise ValueError(f"on_done: must give one callback per payload ({len(payloads)}), got {len(dones)}")
+        else:
+            dones = [on_done] * len(payloads)
         out: list[_Pending] = []
         wake: list[_Conn] = []
         now_flush: list[_Conn] = []
         with self._lock:
-            for p in payloads:
+            for p, late, cb in zip(payloads, lates, dones):  # noqa: B905 (lengths checked above)
+                dl = now - late + slo_s if deadline is None else float(deadline)
+                expire = (now + float(timeout_s)) if timeout_s is not None else dl + LOST_GRACE_S
+                due = mono - late + window_s
                 req = _Pending(next(self._ids), session, dl, p,
-                               concurrent.futures.Future() if on_done is None else None, on_done, expire)
+                               concurrent.futures.Future() if cb is None else None, cb, expire)
                 out.append(req)
                 addr = route.pick(self._dead) if route is not None else None
                 if addr is None:
@@ -347,7 +373,7 @@ class Frontend:
                 if conn is None:
                     conn = self._conns[addr] = _Conn(addr)
                 conn.buffer.append(req)
-                if len(conn.buffer) >= self.max_coalesce:
+                if len(conn.buffer) >= self.max_coalesce or due <= mono:  # full, or its window has passed
                     if conn not in now_flush:
                         now_flush.append(conn)
                 elif not conn.flush_scheduled or due < conn.flush_at:  # a session with a shorter window

@@ -13,7 +13,6 @@ import threading
 import time
 import uuid
 from bisect import bisect_right
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -117,7 +116,7 @@ class _Tally:
         self.errors: list[str] = []
 
     def on_done(self, sent: float) -> Callable[[str, Any], None]:
-        """The ``on_done`` of requests sent at ``sent`` (time.time())."""
+        """The ``on_done`` of a request that arrived at ``sent`` (time.time()): its latency counts from then."""
 
         def done(status: str, value: Any) -> None:
             self.ended += 1
@@ -144,8 +143,10 @@ def run_load(frontend: Any, rates: Mapping[str, float], duration_s: float, *, ki
     """Drive ``frontend`` open loop for ``duration_s`` and report, per session, the offered load and outcomes.
 
     Requests of a session whose model has a zoo input spec get a zero array of that spec unless ``payloads``
-    gives one. Returns ``{"duration_s", "kind", "sessions": {session: {"offered", "offered_rate", "ok",
-    "within_slo", "dropped": {reason: n}, "failed", "p50_ms", "p99_ms", "latencies_ms"}}}``.
+    gives one. Returns ``{"duration_s", "kind", "wakeups", "sessions": {session: {"offered", "offered_rate", "ok",
+    "within_slo", "dropped": {reason: n}, "failed", "p50_ms", "p99_ms", "latencies_ms"}}}``; ``wakeups`` counts
+    the open loop's wake-ups (one per coalescing window of the frontend: each arrival is handed over stamped with
+    its arrival time, from which its latency and deadline count).
     """
     from .frontend import _input_spec
 
@@ -191,32 +192,50 @@ async def _open_loop(frontend: Any, names: list[str], payloads: Mapping[str, Any
     wait up to ``settle_s`` for the stragglers, report (on the loop, where late replies land). On the loop that
     sends the messages a request costs no thread hand-off, lock wait or future: this loop shares the cores with
     the backends it drives."""
-    # Python lists and a plain scan: a wake-up usually finds one or two requests due, where numpy calls cost more
-    # than the work.
+    # Python lists and a plain scan: a wake-up usually finds a few requests due, where numpy calls cost more than
+    # the work.
     at, owner = all_t.tolist(), who.tolist()
+    # The frontend holds a request until the coalescing window of the first one buffered with it has passed, so
+    # the loop wakes once per window, not once per arrival (a wake-up costs more than dispatching a request):
+    # each request is handed over stamped with its arrival time, and its latency, deadline and window count from
+    # then. A window of 0 (no coalescing) wakes at each arrival.
+    window = min((_window_s(frontend, s) for s in names), default=0.0)
     t0 = time.time()
     i, n = 0, len(at)
+    wakeups = 0
     while i < n:
         now = time.time() - t0
-        if at[i] > now:
-            await asyncio.sleep(at[i] - now)
+        if at[i] + window > now:
+            await asyncio.sleep(at[i] + window - now)
+            wakeups += 1
             continue
         j = bisect_right(at, now, i)
-        for k, cnt in Counter(owner[i:j]).items():
+        due: dict[int, list[float]] = {}
+        for k in range(i, j):
+            due.setdefault(owner[k], []).append(t0 + at[k])
+        for k, times in due.items():
             tally = tallies[k]
-            tally.offered += cnt
+            tally.offered += len(times)
+            name = names[k]
             try:
-                frontend.send_many(names[k], [payloads[names[k]]] * cnt, tally.on_done(time.time()))
+                frontend.send_many(name, [payloads[name]] * len(times), [tally.on_done(t) for t in times],
+                                   arrived=times)
             except Exception as exc:  # e.g. a closed frontend: count as failed, keep the run's accounting whole
-                tally.ended += cnt
-                tally.failed += cnt
+                tally.ended += len(times)
+                tally.failed += len(times)
                 tally.errors.append(str(exc))
         i = j
     wall = time.time() - t0
     end = time.time() + settle_s
     while any(t.ended < t.offered for t in tallies) and time.time() < end:
         await asyncio.sleep(0.01)
-    return _report(names, tallies, kind, duration_s, wall)
+    return {**_report(names, tallies, kind, duration_s, wall), "wakeups": wakeups}
+
+
+def _window_s(frontend: Any, session: str) -> float:
+    """The coalescing window (s) the frontend holds ``session``'s requests for."""
+    w = frontend.sessions.get(session, {}).get("coalesce_ms")
+    return float(frontend.coalesce_s) if w is None else float(w) / 1000.0
 
 
 def _report(names: list[str], tallies: list[_Tally], kind: str, duration_s: float, wall: float) -> dict[str, Any]:
@@ -269,7 +288,8 @@ def _generator(plan: _Plan, rates: dict[str, float], duration_s: float, kind: st
 def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Sum the per-generator reports: counts add up; p50/p99 over the pooled latencies when they were kept."""
     out: dict[str, Any] = {"generators": len(reports), "duration_s": max((r["duration_s"] for r in reports),
-                                                                         default=0.0), "sessions": {}}
+                                                                         default=0.0),
+                           "wakeups": sum(r.get("wakeups", 0) for r in reports), "sessions": {}}
     pooled: dict[str, list[float]] = {}
     for r in reports:
         for s, rec in r["sessions"].items():
