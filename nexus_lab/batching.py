@@ -195,6 +195,21 @@ def burst_take(head_deadline: float, now: float, queued: int, planned_batch: int
 FLOOR_SLACK = 0.15
 
 
+#: Host CPU busy fractions between which a backend whose device is the host's CPU batches as the plan allows
+#: (``cpu_pressure``): on at ``PRESSURE_ON``, off again below ``PRESSURE_OFF`` (the gap keeps the switch from
+#: flapping, since batching more frees CPU).
+PRESSURE_ON = 0.8
+PRESSURE_OFF = 0.6
+
+
+def cpu_pressure(was: bool, busy: float, on: float = PRESSURE_ON, off: float = PRESSURE_OFF) -> bool:
+    """Whether the host's cores are short (hysteresis on ``busy``, their busy fraction over the last interval).
+    While they are, a host-CPU backend batches as the plan allows, the planned batch held up to a duty cycle as
+    the paper's cycle would, instead of for latency: in larger batches a request costs less forward pass, event
+    loop and message, and that CPU is what the device itself runs on."""
+    return busy >= on or (was and busy >= off)
+
+
 def batch_floor(latency: Sequence[float] | np.ndarray, planned_batch: int, slack: float = FLOOR_SLACK) -> int:
     """The smallest batch ``n <= b`` whose latency per request ``l(n)/n`` is within ``slack`` of the planned batch
     ``b``'s (``latency[n]`` is ``l(n)``, any unit; 1 when the table cannot tell). A backend whose device is the

@@ -15,7 +15,7 @@ pytest.importorskip("nexus_lab.runtime.device")
 
 from distributed import Client, LocalCluster
 
-from nexus_lab.batching import batch_floor
+from nexus_lab.batching import batch_floor, cpu_pressure
 from nexus_lab.controller import worker_malloc_config
 from nexus_lab.profiles import profile_set
 from nexus_lab.runtime.backend import NexusBackend, parse_gpu
@@ -125,6 +125,12 @@ def test_batch_floor_is_the_smallest_batch_nearly_as_cheap_per_request():
     assert batch_floor(lat, 1) == 1
     assert batch_floor(np.arange(17, dtype=float), 8) == 1  # no batching benefit: never wait
     assert batch_floor(np.zeros(17), 8) == 1  # a device that cannot tell its latency
+
+
+def test_cpu_pressure_switches_with_hysteresis():
+    assert not cpu_pressure(False, 0.5) and not cpu_pressure(False, 0.79)
+    assert cpu_pressure(False, 0.8) and cpu_pressure(True, 0.65)  # stays on until the cores are clearly free
+    assert not cpu_pressure(True, 0.59)
 
 
 def test_batch_floor_waits_for_company_at_most_one_short_batch():
@@ -340,6 +346,44 @@ def test_host_cpu_batches_run_on_the_event_loop_thread(cpu_cluster):
             assert len(seen) == 1 and seen[0].startswith("nexus-device") is expect_device_thread, seen
     finally:
         unregister_model("where-test")
+
+
+def test_host_cpu_backend_batches_as_planned_under_cpu_pressure(cpu_cluster, monkeypatch):
+    """A host-CPU backend holds for the planned batch up to a duty cycle while the cores are busy, and tells its
+    frontends on their streams, which then coalesce that long."""
+    import psutil
+
+    from nexus_lab.runtime import backend as backend_mod
+    from nexus_lab.runtime.frontend import Frontend
+
+    client, w = cpu_cluster
+    sessions = table(c=("convnet", 200.0))
+    rep = call_sync(client, w, "nexus_apply", gpu=gpu_of(("c", "convnet", 200.0, 12, 30.0), duty_ms=40.0),
+                    sessions=sessions, version=8)
+    assert rep["error"] is None, rep
+    monkeypatch.setattr(backend_mod, "PRESSURE_INTERVAL_S", 0.05)
+    with Frontend(client, coalesce_ms=0.0) as fe:
+        fe.set_routes({"c": [(w, 1.0)]}, sessions)
+
+        def settle(pred) -> float:
+            end = time.time() + 5
+            while True:
+                fe.submit("c", np.zeros((3, 64, 64), dtype=np.float32)).result(5)  # opens the stream, keeps it busy
+                hold = call_sync(client, w, "nexus_state")["holds_ms"]["c"]
+                if (pred(hold) and fe.window_s("c") == pytest.approx(hold / 1000.0)) or time.time() > end:
+                    return hold
+                time.sleep(0.05)
+
+        monkeypatch.setattr(psutil, "cpu_percent", lambda *a, **k: 10.0)  # the in-process worker reads this psutil
+        calm = settle(lambda h: h < 40.0)
+        assert 0 < calm < 40.0  # min(d, l(floor)), the floor below the planned batch
+        assert fe.window_s("c") == pytest.approx(calm / 1000.0)
+        monkeypatch.setattr(psutil, "cpu_percent", lambda *a, **k: 95.0)
+        assert settle(lambda h: h == pytest.approx(40.0)) == pytest.approx(40.0)  # a whole duty cycle
+        assert fe.window_s("c") == pytest.approx(0.040)  # the frontend heard it on the stream
+        assert call_sync(client, w, "nexus_configure", batch_floor=None)["floors"] == {"c": 12}  # the planned batch
+        monkeypatch.setattr(psutil, "cpu_percent", lambda *a, **k: 10.0)
+        assert settle(lambda h: h < 40.0) == pytest.approx(calm)
 
 
 def test_prefix_group_runs_prefix_once(cpu_cluster):

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..batching import DropReason, batch_floor, burst_take, early_drop_window
+from ..batching import DropReason, batch_floor, burst_take, cpu_pressure, early_drop_window
 
 logger = logging.getLogger("nexus_lab.backend")
 
@@ -41,6 +41,7 @@ LATENCY_BUCKETS_MS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000
 _LAT_SAMPLES = 20000  # latency samples kept per session per stats window (for p50/p99)
 BURST_MARGIN_S = 0.001  # a grown batch leaves its oldest request this much slack for runtime overheads
 OVERRUN_WINDOW = 256  # recent batches whose lateness (finish - formed - planned l(b)) the stats report
+PRESSURE_INTERVAL_S = 1.0  # how often a host-CPU backend checks whether the host's cores are short (``_watch_cpu``)
 DRAIN_GRACE_S = 2.0  # a removed session keeps accepting (and serving) requests this long: routes switch meanwhile
 
 
@@ -113,6 +114,13 @@ class _StreamSink:
             return
         self.outbox.append([rid, status, _wire(value)])  # lists: inproc comms unwrap serialized values in lists
         self.wake.set()
+
+    def holds(self, holds_ms: dict[str, float]) -> None:
+        """Tell the frontend how long this backend holds each session's small batches (``[None, "holds",
+        {session: ms}]``): it coalesces that long for this backend."""
+        if not self.closed:
+            self.outbox.append([None, "holds", dict(holds_ms)])
+            self.wake.set()
 
     def complete_ok(self, rids: list[Any], outputs: list[Any]) -> None:
         """A batch's results for this stream: arrays of one shape and dtype travel stacked, as one reply
@@ -272,6 +280,7 @@ class NexusBackend(WorkerPlugin):
         self.device = await self.loop.run_in_executor(
             self._executor, lambda: make_device(self.device_spec, threads=self.threads))
         self._inline = self.inline if self.inline is not None else getattr(self.device, "kind", "") == "cpu"
+        self._pressure = False  # the host's cores are short: floors and holds are the plan's (``_watch_cpu``)
         self._hold_until = math.inf  # earliest time a held-back batch must run (``_form``)
         self.version = -1
         self.gpu: dict[str, Any] | None = None
@@ -302,6 +311,8 @@ class NexusBackend(WorkerPlugin):
         self._tasks = [asyncio.ensure_future(self._run_cycles())]
         if self.stats_interval_s > 0:
             self._tasks.append(asyncio.ensure_future(self._publish_stats()))
+        if self.batch_floor is None and getattr(self.device, "kind", "") == "cpu":
+            self._tasks.append(asyncio.ensure_future(self._watch_cpu()))
         worker.handlers.update({
             "nexus_apply": self.nexus_apply,
             "nexus_submit": self.nexus_submit,
@@ -410,6 +421,7 @@ class NexusBackend(WorkerPlugin):
             # 3. models no longer planned are unloaded once their sessions have drained (duty-cycle task)
             self._unload_pending |= set(self._loaded_batch) - set(need)
             self._arrival.set()
+            self._announce_holds()
             return {"version": self.version, "loaded": sorted(self._loaded_batch), "error": None,
                     "holds_ms": self._holds_ms()}
 
@@ -432,6 +444,7 @@ class NexusBackend(WorkerPlugin):
         comm.allow_offload = False  # bounded messages: no sizeof walk before each reply (see Frontend._connect)
         sink = _StreamSink(comm)
         self._streams.add(sink)
+        sink.holds(self._holds_ms())
         writer = asyncio.ensure_future(sink.writer())
         try:
             while not self._closing:
@@ -468,16 +481,46 @@ class NexusBackend(WorkerPlugin):
 
     def _floor_of(self, slot: _Slot) -> int:
         """The slot's batch floor under the current ``batch_floor`` setting (None: on for a host-CPU device);
-        prefix units and fixed duty cycles have none."""
+        prefix units and fixed duty cycles have none. Under CPU pressure (``_watch_cpu``) it is the planned batch."""
         on = self.batch_floor if self.batch_floor is not None else getattr(self.device, "kind", "") == "cpu"
         if not (on and self.work_conserving) or slot.prefix_model is not None or slot.table is None:
             return 1
+        if self._pressure:
+            return slot.batches[0]
         return batch_floor(slot.table, slot.batches[0])
 
     def _hold_s(self, slot: _Slot) -> float:
         """How long a batch below the slot's floor waits for company: no longer than the floor batch itself
-        takes, nor than a duty cycle (the wait the plan allows); 0 without a floor."""
-        return min(self._duty_s, float(slot.table[slot.floor])) if slot.floor > 1 and slot.table is not None else 0.0
+        takes, nor than a duty cycle (the wait the plan allows); under CPU pressure a whole duty cycle, as the
+        paper's cycle waits (``d + l(b) <= L'`` still holds). 0 without a floor."""
+        if slot.floor <= 1 or slot.table is None:
+            return 0.0
+        return self._duty_s if self._pressure else min(self._duty_s, float(slot.table[slot.floor]))
+
+    def _announce_holds(self) -> None:
+        """Send the current holds down every frontend stream (after a plan, a floor switch or a pressure change)."""
+        holds = self._holds_ms()
+        for sink in self._streams:
+            sink.holds(holds)
+
+    async def _watch_cpu(self) -> None:
+        """Every ``PRESSURE_INTERVAL_S``: the host's CPU busy fraction (psutil, all cores), and with it whether
+        the floors and holds are the plan's (``batching.cpu_pressure``). Runs where the device is the host's CPU
+        and the floor is on by default."""
+        import psutil
+
+        psutil.cpu_percent(None)
+        while not self._closing:
+            await asyncio.sleep(PRESSURE_INTERVAL_S)
+            try:
+                pressure = cpu_pressure(self._pressure, psutil.cpu_percent(None) / 100.0)
+                if pressure != self._pressure:
+                    self._pressure = pressure
+                    for slot in self._slots:
+                        slot.floor = self._floor_of(slot)
+                    self._announce_holds()
+            except Exception:  # never let the watcher die: the floors stay as they are
+                logger.exception("nexus backend cpu watch error on %s", getattr(self, "address", "?"))
 
     def _holds_ms(self) -> dict[str, float]:
         """Each planned session's hold (ms), for sessions with a floor: what a frontend may coalesce for."""
@@ -489,6 +532,7 @@ class NexusBackend(WorkerPlugin):
         self.batch_floor = batch_floor
         for slot in self._slots:
             slot.floor = self._floor_of(slot)
+        self._announce_holds()
         return {"floors": {sl.sessions[0]: sl.floor for sl in self._slots if sl.prefix_model is None},
                 "holds_ms": self._holds_ms()}
 

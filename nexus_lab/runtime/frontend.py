@@ -129,6 +129,7 @@ class _Conn:
         self.flush_at = 0.0  # loop time (time.monotonic) the armed coalescing timer fires
         self.inflight: dict[int, _Pending] = {}
         self.lock: asyncio.Lock | None = None
+        self.holds: dict[str, float] = {}  # session -> how long the backend holds its small batches (s), as it says
 
 
 class Frontend:
@@ -309,6 +310,16 @@ class Frontend:
         window has passed goes out at once."""
         self._submit(session, payloads, timeout_s, deadline, on_done, arrived)
 
+    def window_s(self, session: str) -> float:
+        """How long a request of ``session`` may wait here for company (s): the shortest hold its backends have
+        said (``holds`` on their streams), else the session's ``coalesce_ms``, else the frontend's window."""
+        with self._lock:
+            s = self._sessions.get(session, {})
+            route = self._routes.get(session)
+            base = self.coalesce_s if s.get("coalesce_ms") is None else float(s["coalesce_ms"]) / 1000.0
+            conns = [self._conns.get(a) for a in (route.addrs if route is not None else ())]
+        return min((c.holds.get(session, base) if c is not None else base for c in conns), default=base)
+
     def run_on_loop(self, coro: Any) -> concurrent.futures.Future:
         """Run a coroutine on the frontend's loop thread (where ``send_many`` is cheapest); its future."""
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
@@ -360,7 +371,6 @@ class Frontend:
             for p, late, cb in zip(payloads, lates, dones):  # noqa: B905 (lengths checked above)
                 dl = now - late + slo_s if deadline is None else float(deadline)
                 expire = (now + float(timeout_s)) if timeout_s is not None else dl + LOST_GRACE_S
-                due = mono - late + window_s
                 req = _Pending(next(self._ids), session, dl, p,
                                concurrent.futures.Future() if cb is None else None, cb, expire)
                 out.append(req)
@@ -373,6 +383,8 @@ class Frontend:
                 if conn is None:
                     conn = self._conns[addr] = _Conn(addr)
                 conn.buffer.append(req)
+                # the backend's own hold for the session when it has said one, else the session's window
+                due = mono - late + conn.holds.get(session, window_s)
                 if len(conn.buffer) >= self.max_coalesce or due <= mono:  # full, or its window has passed
                     if conn not in now_flush:
                         now_flush.append(conn)
@@ -460,6 +472,9 @@ class Frontend:
                 msg = await comm.read()
                 inflight = conn.inflight
                 for rid, status, value in msg["d"]:
+                    if status == "holds":  # how long the backend now holds each session: coalesce that long
+                        conn.holds = {k: float(v) / 1000.0 for k, v in value.items()}
+                        continue
                     if status == "oks":  # one batch's results, stacked: row k is request rid[k]'s
                         dtype, shape, raw = value
                         value = np.frombuffer(raw, dtype=dtype).reshape(shape).copy()  # writable, like any result

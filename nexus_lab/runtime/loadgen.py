@@ -199,12 +199,12 @@ async def _open_loop(frontend: Any, names: list[str], payloads: Mapping[str, Any
     # the loop wakes once per window, not once per arrival (a wake-up costs more than dispatching a request):
     # each request is handed over stamped with its arrival time, and its latency, deadline and window count from
     # then. A window of 0 (no coalescing) wakes at each arrival.
-    window = min((_window_s(frontend, s) for s in names), default=0.0)
     t0 = time.time()
     i, n = 0, len(at)
     wakeups = 0
     while i < n:
         now = time.time() - t0
+        window = min(frontend.window_s(s) for s in names)  # the backends may change their holds as load moves
         if at[i] + window > now:
             await asyncio.sleep(at[i] + window - now)
             wakeups += 1
@@ -230,12 +230,6 @@ async def _open_loop(frontend: Any, names: list[str], payloads: Mapping[str, Any
     while any(t.ended < t.offered for t in tallies) and time.time() < end:
         await asyncio.sleep(0.01)
     return {**_report(names, tallies, kind, duration_s, wall), "wakeups": wakeups}
-
-
-def _window_s(frontend: Any, session: str) -> float:
-    """The coalescing window (s) the frontend holds ``session``'s requests for."""
-    w = frontend.sessions.get(session, {}).get("coalesce_ms")
-    return float(frontend.coalesce_s) if w is None else float(w) / 1000.0
 
 
 def _report(names: list[str], tallies: list[_Tally], kind: str, duration_s: float, wall: float) -> dict[str, Any]:
