@@ -485,9 +485,8 @@ class NexusBackend(WorkerPlugin):
         on = self.batch_floor if self.batch_floor is not None else getattr(self.device, "kind", "") == "cpu"
         if not (on and self.work_conserving) or slot.prefix_model is not None or slot.table is None:
             return 1
-        if self._pressure:
-            return slot.batches[0]
-        return batch_floor(slot.table, slot.batches[0])
+        floor = batch_floor(slot.table, slot.batches[0])
+        return slot.batches[0] if self._pressure and floor > 1 else floor  # no batching benefit: never wait
 
     def _hold_s(self, slot: _Slot) -> float:
         """How long a batch below the slot's floor waits for company: no longer than the floor batch itself
