@@ -156,6 +156,31 @@ def test_batch_floor_waits_for_company_at_most_one_short_batch():
         assert call_sync(client, w, "nexus_stats")["batch_sizes"] == {1: 1, floor: 1}
 
 
+def test_holds_leave_room_for_the_other_sessions_of_the_gpu():
+    """With two sessions on one GPU, a hold plus the other session's planned batch stays within the duty cycle, so
+    a held request still starts within ``d`` (``d + l(b) <= L'``)."""
+    prof = profile_set("titan-x-pascal")["vgg_s"]
+    lat = np.array([0.0] + [float(prof.lat_ms[n]) for n in range(1, 17)]) / 1000.0
+    duty = float(lat[16] + lat[8]) + 0.004  # 4 ms of idle in the cycle
+    with one_backend(NexusBackend(device=SIM, stats_interval_s=0, batch_floor=True),
+                     gpu_of(("a", "vgg_s", 300.0, 16, 100.0), ("b", "vgg_s", 300.0, 8, 100.0), duty_ms=duty * 1000),
+                     table(a=("vgg_s", 300.0), b=("vgg_s", 300.0))) as (client, w):
+        calm = call_sync(client, w, "nexus_state")["holds_ms"]
+
+        def press(dask_worker: object) -> None:
+            dask_worker.plugins["nexus-backend"]._pressure = True  # as the cpu watch sets it (cpu devices only)
+
+        client.run(press)
+        pressed = call_sync(client, w, "nexus_configure", batch_floor=True)  # floors recomputed
+    fa, fb = batch_floor(lat, 16), batch_floor(lat, 8)
+    assert calm["a"] == pytest.approx(1000.0 * min(float(lat[fa]), duty - float(lat[8])))
+    assert calm["b"] == pytest.approx(1000.0 * min(float(lat[fb]), duty - float(lat[16])))
+    # under pressure each holds for its planned batch, as long as the cycle leaves it: not the whole cycle
+    assert pressed["floors"] == {"a": 16, "b": 8}
+    assert pressed["holds_ms"]["a"] == pytest.approx(1000.0 * (duty - float(lat[8])))
+    assert pressed["holds_ms"]["b"] == pytest.approx(1000.0 * (duty - float(lat[16])))
+
+
 def test_drops_have_reasons(cluster):
     client, (w, _) = cluster
     call_sync(client, w, "nexus_apply", gpu=gpu_of(("cls", "vgg_s", 100.0, 4, 100.0), duty_ms=60.0),

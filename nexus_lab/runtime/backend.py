@@ -490,11 +490,15 @@ class NexusBackend(WorkerPlugin):
 
     def _hold_s(self, slot: _Slot) -> float:
         """How long a batch below the slot's floor waits for company: no longer than the floor batch itself
-        takes, nor than a duty cycle (the wait the plan allows); under CPU pressure a whole duty cycle, as the
-        paper's cycle waits (``d + l(b) <= L'`` still holds). 0 without a floor."""
+        takes, nor than a duty cycle (the wait the plan allows) less the other sessions' planned batches; under CPU
+        pressure that whole wait, as the paper's cycle waits (``d + l(b) <= L'`` still holds). 0 without a
+        floor."""
         if slot.floor <= 1 or slot.table is None:
             return 0.0
-        return self._duty_s if self._pressure else min(self._duty_s, float(slot.table[slot.floor]))
+        # The other slots' planned batches may run between the hold's end and this batch: with them the wait
+        # stays within the duty cycle, so d + l(b) <= L' holds for a GPU shared by several sessions too.
+        room = self._duty_s - sum(float(o.lat_s(o.batches[0])) for o in self._slots if o is not slot)
+        return max(0.0, min(room, self._duty_s if self._pressure else float(slot.table[slot.floor])))
 
     def _announce_holds(self) -> None:
         """Send the current holds down every frontend stream (after a plan, a floor switch or a pressure change)."""
