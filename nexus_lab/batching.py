@@ -200,6 +200,9 @@ FLOOR_SLACK = 0.15
 #: flapping, since batching more frees CPU).
 PRESSURE_ON = 0.8
 PRESSURE_OFF = 0.6
+#: Under CPU pressure the floor is the smallest batch within this much of the planned batch's cost per request (and
+#: it may wait a whole duty cycle to fill): past it a bigger batch saves little and costs latency.
+PRESSURE_SLACK = 0.05
 
 
 def cpu_pressure(was: bool, busy: float, on: float = PRESSURE_ON, off: float = PRESSURE_OFF) -> bool:

@@ -172,13 +172,23 @@ def test_holds_leave_room_for_the_other_sessions_of_the_gpu():
 
         client.run(press)
         pressed = call_sync(client, w, "nexus_configure", batch_floor=True)  # floors recomputed
+
+        def hold_s(dask_worker: object) -> dict[str, float]:
+            be = dask_worker.plugins["nexus-backend"]
+            return {sl.sessions[0]: be._hold_s(sl) for sl in be._slots}
+
+        holds = client.run(hold_s)[w]
+    # the longest a small batch waits under pressure: what the cycle leaves after the other session's batch
+    assert holds["a"] == pytest.approx(duty - float(lat[8])) and holds["b"] == pytest.approx(duty - float(lat[16]))
     fa, fb = batch_floor(lat, 16), batch_floor(lat, 8)
     assert calm["a"] == pytest.approx(1000.0 * min(float(lat[fa]), duty - float(lat[8])))
     assert calm["b"] == pytest.approx(1000.0 * min(float(lat[fb]), duty - float(lat[16])))
-    # under pressure each holds for its planned batch, as long as the cycle leaves it: not the whole cycle
-    assert pressed["floors"] == {"a": 16, "b": 8}
-    assert pressed["holds_ms"]["a"] == pytest.approx(1000.0 * (duty - float(lat[8])))
-    assert pressed["holds_ms"]["b"] == pytest.approx(1000.0 * (duty - float(lat[16])))
+    # under pressure each may hold as long as the cycle leaves it (not the whole cycle); frontends coalesce at
+    # most for the floor batch's own time
+    pa, pb = batch_floor(lat, 16, 0.05), batch_floor(lat, 8, 0.05)
+    assert pressed["floors"] == {"a": pa, "b": pb} and pa >= fa and pb >= fb
+    assert pressed["holds_ms"]["a"] == pytest.approx(1000.0 * min(duty - float(lat[8]), float(lat[pa])))
+    assert pressed["holds_ms"]["b"] == pytest.approx(1000.0 * min(duty - float(lat[16]), float(lat[pb])))
 
 
 def test_drops_have_reasons(cluster):
@@ -399,16 +409,19 @@ def test_host_cpu_backend_batches_as_planned_under_cpu_pressure(cpu_cluster, mon
                     return hold
                 time.sleep(0.05)
 
+        calm_floor = call_sync(client, w, "nexus_configure", batch_floor=None)["floors"]["c"]
         monkeypatch.setattr(psutil, "cpu_percent", lambda *a, **k: 10.0)  # the in-process worker reads this psutil
         calm = settle(lambda h: h < 40.0)
-        assert 0 < calm < 40.0  # min(d, l(floor)), the floor below the planned batch
+        assert 0 < calm < 40.0  # l(floor), the floor below the planned batch
         assert fe.window_s("c") == pytest.approx(calm / 1000.0)
         monkeypatch.setattr(psutil, "cpu_percent", lambda *a, **k: 95.0)
-        assert settle(lambda h: h == pytest.approx(40.0)) == pytest.approx(40.0)  # a whole duty cycle
-        assert fe.window_s("c") == pytest.approx(0.040)  # the frontend heard it on the stream
-        assert call_sync(client, w, "nexus_configure", batch_floor=None)["floors"] == {"c": 12}  # the planned batch
+        pressed = settle(lambda h: h > calm)  # a floor nearer the planned batch, so a longer window
+        assert calm < pressed < 40.0
+        assert fe.window_s("c") == pytest.approx(pressed / 1000.0)  # the frontend heard it on the stream
+        floor = call_sync(client, w, "nexus_configure", batch_floor=None)["floors"]["c"]
+        assert calm_floor < floor <= 12
         monkeypatch.setattr(psutil, "cpu_percent", lambda *a, **k: 10.0)
-        assert settle(lambda h: h < 40.0) == pytest.approx(calm)
+        assert settle(lambda h: h < pressed) == pytest.approx(calm)
 
 
 def test_prefix_group_runs_prefix_once(cpu_cluster):

@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..batching import DropReason, batch_floor, burst_take, cpu_pressure, early_drop_window
+from ..batching import (
+    FLOOR_SLACK,
+    PRESSURE_SLACK,
+    DropReason,
+    batch_floor,
+    burst_take,
+    cpu_pressure,
+    early_drop_window,
+)
 
 logger = logging.getLogger("nexus_lab.backend")
 
@@ -485,8 +493,7 @@ class NexusBackend(WorkerPlugin):
         on = self.batch_floor if self.batch_floor is not None else getattr(self.device, "kind", "") == "cpu"
         if not (on and self.work_conserving) or slot.prefix_model is not None or slot.table is None:
             return 1
-        floor = batch_floor(slot.table, slot.batches[0])
-        return slot.batches[0] if self._pressure and floor > 1 else floor  # no batching benefit: never wait
+        return batch_floor(slot.table, slot.batches[0], PRESSURE_SLACK if self._pressure else FLOOR_SLACK)
 
     def _hold_s(self, slot: _Slot) -> float:
         """How long a batch below the slot's floor waits for company: no longer than the floor batch itself
@@ -526,8 +533,11 @@ class NexusBackend(WorkerPlugin):
                 logger.exception("nexus backend cpu watch error on %s", getattr(self, "address", "?"))
 
     def _holds_ms(self) -> dict[str, float]:
-        """Each planned session's hold (ms), for sessions with a floor: what a frontend may coalesce for."""
-        return {sl.sessions[0]: 1000.0 * self._hold_s(sl) for sl in self._slots if sl.floor > 1}
+        """What a frontend may coalesce each planned session with a floor for (ms): its hold, at most the floor
+        batch's own time (under CPU pressure the hold may last a cycle, but the floor usually fills sooner, and a
+        frontend that always waited the whole hold would add it to every request)."""
+        return {sl.sessions[0]: 1000.0 * min(self._hold_s(sl), float(sl.table[sl.floor]))
+                for sl in self._slots if sl.floor > 1 and sl.table is not None}
 
     async def nexus_configure(self, batch_floor: bool | None = None) -> dict[str, Any]:
         """Switch the batch floor live (``batch_floor`` as in the constructor; None: by device kind); returns each
