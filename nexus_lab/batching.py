@@ -200,16 +200,16 @@ FLOOR_SLACK = 0.15
 #: flapping, since batching more frees CPU).
 PRESSURE_ON = 0.8
 PRESSURE_OFF = 0.6
-#: Under CPU pressure the floor is the smallest batch within this much of the planned batch's cost per request (and
-#: it may wait a whole duty cycle to fill): past it a bigger batch saves little and costs latency.
+#: Under CPU pressure the floor is the smallest batch within this much of the planned batch's cost per request
+#: (instead of ``FLOOR_SLACK``): past it a bigger batch saves little and costs latency.
 PRESSURE_SLACK = 0.05
 
 
 def cpu_pressure(was: bool, busy: float, on: float = PRESSURE_ON, off: float = PRESSURE_OFF) -> bool:
     """Whether the host's cores are short (hysteresis on ``busy``, their busy fraction over the last interval).
-    While they are, a host-CPU backend batches as the plan allows, the planned batch held up to a duty cycle as
-    the paper's cycle would, instead of for latency: in larger batches a request costs less forward pass, event
-    loop and message, and that CPU is what the device itself runs on."""
+    While they are, a host-CPU backend holds for batches nearer the planned one (``PRESSURE_SLACK``): in larger
+    batches a request costs less forward pass, event loop and message, and that CPU is what the device itself runs
+    on."""
     return busy >= on or (was and busy >= off)
 
 

@@ -489,7 +489,8 @@ class NexusBackend(WorkerPlugin):
 
     def _floor_of(self, slot: _Slot) -> int:
         """The slot's batch floor under the current ``batch_floor`` setting (None: on for a host-CPU device);
-        prefix units and fixed duty cycles have none. Under CPU pressure (``_watch_cpu``) it is the planned batch."""
+        prefix units and fixed duty cycles have none. Under CPU pressure (``_watch_cpu``) it is nearer the planned
+        batch (``PRESSURE_SLACK`` instead of ``FLOOR_SLACK``)."""
         on = self.batch_floor if self.batch_floor is not None else getattr(self.device, "kind", "") == "cpu"
         if not (on and self.work_conserving) or slot.prefix_model is not None or slot.table is None:
             return 1
@@ -497,15 +498,9 @@ class NexusBackend(WorkerPlugin):
 
     def _hold_s(self, slot: _Slot) -> float:
         """How long a batch below the slot's floor waits for company: no longer than the floor batch itself
-        takes, nor than a duty cycle (the wait the plan allows) less the other sessions' planned batches; under CPU
-        pressure that whole wait, as the paper's cycle waits (``d + l(b) <= L'`` still holds). 0 without a
-        floor."""
-        if slot.floor <= 1 or slot.table is None:
-            return 0.0
-        # The other slots' planned batches may run between the hold's end and this batch: with them the wait
-        # stays within the duty cycle, so d + l(b) <= L' holds for a GPU shared by several sessions too.
-        room = self._duty_s - sum(float(o.lat_s(o.batches[0])) for o in self._slots if o is not slot)
-        return max(0.0, min(room, self._duty_s if self._pressure else float(slot.table[slot.floor])))
+        takes (holding costs at most one short batch of latency), nor than a duty cycle (the wait the plan allows);
+        0 without a floor."""
+        return min(self._duty_s, float(slot.table[slot.floor])) if slot.floor > 1 and slot.table is not None else 0.0
 
     def _announce_holds(self) -> None:
         """Send the current holds down every frontend stream (after a plan, a floor switch or a pressure change)."""
@@ -533,11 +528,8 @@ class NexusBackend(WorkerPlugin):
                 logger.exception("nexus backend cpu watch error on %s", getattr(self, "address", "?"))
 
     def _holds_ms(self) -> dict[str, float]:
-        """What a frontend may coalesce each planned session with a floor for (ms): its hold, at most the floor
-        batch's own time (under CPU pressure the hold may last a cycle, but the floor usually fills sooner, and a
-        frontend that always waited the whole hold would add it to every request)."""
-        return {sl.sessions[0]: 1000.0 * min(self._hold_s(sl), float(sl.table[sl.floor]))
-                for sl in self._slots if sl.floor > 1 and sl.table is not None}
+        """Each planned session's hold (ms), for sessions with a floor: what a frontend may coalesce for."""
+        return {sl.sessions[0]: 1000.0 * self._hold_s(sl) for sl in self._slots if sl.floor > 1}
 
     async def nexus_configure(self, batch_floor: bool | None = None) -> dict[str, Any]:
         """Switch the batch floor live (``batch_floor`` as in the constructor; None: by device kind); returns each
