@@ -216,8 +216,7 @@ def cpu_pressure(was: bool, busy: float, on: float = PRESSURE_ON, off: float = P
 def batch_floor(latency: Sequence[float] | np.ndarray, planned_batch: int, slack: float = FLOOR_SLACK) -> int:
     """The smallest batch ``n <= b`` whose latency per request ``l(n)/n`` is within ``slack`` of the planned batch
     ``b``'s (``latency[n]`` is ``l(n)``, any unit; 1 when the table cannot tell). A backend whose device is the
-    host's CPU holds a smaller batch back for at most ``l(floor)``; the controller's frontends coalesce for part
-    of that hold."""
+    host's CPU holds a smaller batch back for at most ``l(floor)``, and its frontends coalesce for that hold."""
     b = int(planned_batch)
     if b <= 1 or len(latency) <= b or not latency[b] > 0:
         return 1

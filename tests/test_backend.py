@@ -53,9 +53,15 @@ def one_backend(backend: NexusBackend, gpu: dict, sessions: dict):
             Client(lc) as client:
         client.register_plugin(backend)
         (w,) = client.scheduler_info()["workers"]
-        rep = call_sync(client, w, "nexus_apply", gpu=gpu, sessions=sessions, version=1)
-        assert rep["error"] is None, rep
+        apply_ok(client, w, gpu, sessions, 1)
         yield client, w
+
+
+def apply_ok(client, addr, gpu: dict, sessions: dict, version: int, **kw) -> dict:
+    """``nexus_apply`` on one backend, which must succeed; its reply."""
+    rep = call_sync(client, addr, "nexus_apply", gpu=gpu, sessions=sessions, version=version, **kw)
+    assert rep["error"] is None, rep
+    return rep
 
 
 def submit(client, addr, reqs):
@@ -288,9 +294,8 @@ def test_model_exception_fails_only_its_batch(cpu_cluster):
     register_model("fragile-test", Fragile, (4,), replace=True)
     client, w = cpu_cluster
     try:
-        rep = call_sync(client, w, "nexus_apply", gpu=gpu_of(("f", "fragile-test", 500.0, 4, 10.0), duty_ms=20.0),
-                        sessions=table(f=("fragile-test", 500.0)), version=1)
-        assert rep["error"] is None, rep
+        apply_ok(client, w, gpu_of(("f", "fragile-test", 500.0, 4, 10.0), duty_ms=20.0),
+                 table(f=("fragile-test", 500.0)), 1)
         bad = submit(client, w, [{"id": i, "session": "f", "deadline": time.time() + 0.5,
                                   "payload": np.full(4, -1.0, dtype=np.float32)} for i in range(3)])
         assert [r["status"] for r in bad] == ["error"] * 3
@@ -334,9 +339,8 @@ def test_host_cpu_batches_run_on_the_event_loop_thread(cpu_cluster):
     register_model("where-test", Where, (2,), replace=True)
     client, w = cpu_cluster
     try:
-        rep = call_sync(client, w, "nexus_apply", gpu=gpu_of(("wh", "where-test", 500.0, 2, 5.0), duty_ms=10.0),
-                        sessions=table(wh=("where-test", 500.0)), version=7)
-        assert rep["error"] is None, rep
+        apply_ok(client, w, gpu_of(("wh", "where-test", 500.0, 2, 5.0), duty_ms=10.0),
+                 table(wh=("where-test", 500.0)), 7)
         for inline, expect_device_thread in ((None, False), (False, True), (True, False)):
             assert client.run(run_on, inline=inline)[w] is (not expect_device_thread)
             seen.clear()
@@ -358,9 +362,7 @@ def test_host_cpu_backend_holds_for_bigger_batches_under_cpu_pressure(cpu_cluste
 
     client, w = cpu_cluster
     sessions = table(c=("convnet", 200.0))
-    rep = call_sync(client, w, "nexus_apply", gpu=gpu_of(("c", "convnet", 200.0, 12, 30.0), duty_ms=40.0),
-                    sessions=sessions, version=8)
-    assert rep["error"] is None, rep
+    apply_ok(client, w, gpu_of(("c", "convnet", 200.0, 12, 30.0), duty_ms=40.0), sessions, 8)
     monkeypatch.setattr(backend_mod, "PRESSURE_INTERVAL_S", 0.05)
     with Frontend(client, coalesce_ms=0.0) as fe:
         fe.set_routes({"c": [(w, 1.0)]}, sessions)
@@ -397,10 +399,8 @@ def test_prefix_group_runs_prefix_once(cpu_cluster):
                  ("cars", "convnet-cars.suffix", 200.0, 2, 10.0), ("faces", "convnet-faces.suffix", 200.0, 2, 10.0),
                  duty_ms=100.0)
     sessions = table(cars=("convnet-cars", 200.0), faces=("convnet-faces", 200.0))
-    rep = call_sync(client, w, "nexus_apply", gpu=gpu, sessions=sessions, version=2,
-                    prefix_groups=[{"group": "convnet", "sessions": ["cars", "faces"],
-                                    "prefix_session": "convnet.prefix:200"}])
-    assert rep["error"] is None, rep
+    apply_ok(client, w, gpu, sessions, 2, prefix_groups=[{"group": "convnet", "sessions": ["cars", "faces"],
+                                                         "prefix_session": "convnet.prefix:200"}])
     x = np.random.default_rng(0).standard_normal((3, 64, 64)).astype(np.float32)
     replies = submit(client, w, [{"id": s, "session": s, "deadline": time.time() + 0.2, "payload": x}
                                  for s in ("cars", "faces")])

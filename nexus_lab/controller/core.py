@@ -756,4 +756,3 @@ class Controller:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-

@@ -287,8 +287,9 @@ class NexusBackend(WorkerPlugin):
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="nexus-device")
         self.device = await self.loop.run_in_executor(
             self._executor, lambda: make_device(self.device_spec, threads=self.threads))
-        self._inline = self.inline if self.inline is not None else getattr(self.device, "kind", "") == "cpu"
-        self._pressure = False  # the host's cores are short: floors and holds are the plan's (``_watch_cpu``)
+        self._host_cpu = getattr(self.device, "kind", "") == "cpu"  # the device is the cores the loop runs on
+        self._inline = self.inline if self.inline is not None else self._host_cpu
+        self._pressure = False  # the host's cores are short: floors nearer the planned batch (``_watch_cpu``)
         self._hold_until = math.inf  # earliest time a held-back batch must run (``_form``)
         self.version = -1
         self.gpu: dict[str, Any] | None = None
@@ -319,7 +320,7 @@ class NexusBackend(WorkerPlugin):
         self._tasks = [asyncio.ensure_future(self._run_cycles())]
         if self.stats_interval_s > 0:
             self._tasks.append(asyncio.ensure_future(self._publish_stats()))
-        if self.batch_floor is None and getattr(self.device, "kind", "") == "cpu":
+        if self.batch_floor is None and self._host_cpu:
             self._tasks.append(asyncio.ensure_future(self._watch_cpu()))
         worker.handlers.update({
             "nexus_apply": self.nexus_apply,
@@ -491,7 +492,7 @@ class NexusBackend(WorkerPlugin):
         """The slot's batch floor under the current ``batch_floor`` setting (None: on for a host-CPU device);
         prefix units and fixed duty cycles have none. Under CPU pressure (``_watch_cpu``) it is nearer the planned
         batch (``PRESSURE_SLACK`` instead of ``FLOOR_SLACK``)."""
-        on = self.batch_floor if self.batch_floor is not None else getattr(self.device, "kind", "") == "cpu"
+        on = self.batch_floor if self.batch_floor is not None else self._host_cpu
         if not (on and self.work_conserving) or slot.prefix_model is not None or slot.table is None:
             return 1
         return batch_floor(slot.table, slot.batches[0], PRESSURE_SLACK if self._pressure else FLOOR_SLACK)
@@ -502,6 +503,12 @@ class NexusBackend(WorkerPlugin):
         0 without a floor."""
         return min(self._duty_s, float(slot.table[slot.floor])) if slot.floor > 1 and slot.table is not None else 0.0
 
+    def _refloor(self) -> None:
+        """Recompute every slot's floor (the floor setting or the CPU pressure changed) and tell the frontends."""
+        for slot in self._slots:
+            slot.floor = self._floor_of(slot)
+        self._announce_holds()
+
     def _announce_holds(self) -> None:
         """Send the current holds down every frontend stream (after a plan, a floor switch or a pressure change)."""
         holds = self._holds_ms()
@@ -510,8 +517,8 @@ class NexusBackend(WorkerPlugin):
 
     async def _watch_cpu(self) -> None:
         """Every ``PRESSURE_INTERVAL_S``: the host's CPU busy fraction (psutil, all cores), and with it whether
-        the floors and holds are the plan's (``batching.cpu_pressure``). Runs where the device is the host's CPU
-        and the floor is on by default."""
+        the floors are nearer the planned batch (``batching.cpu_pressure``). Runs where the device is the host's
+        CPU and the floor is on by default."""
         import psutil
 
         psutil.cpu_percent(None)
@@ -521,9 +528,7 @@ class NexusBackend(WorkerPlugin):
                 pressure = cpu_pressure(self._pressure, psutil.cpu_percent(None) / 100.0)
                 if pressure != self._pressure:
                     self._pressure = pressure
-                    for slot in self._slots:
-                        slot.floor = self._floor_of(slot)
-                    self._announce_holds()
+                    self._refloor()
             except Exception:  # never let the watcher die: the floors stay as they are
                 logger.exception("nexus backend cpu watch error on %s", getattr(self, "address", "?"))
 
@@ -535,9 +540,7 @@ class NexusBackend(WorkerPlugin):
         """Switch the batch floor live (``batch_floor`` as in the constructor; None: by device kind); returns each
         planned session's floor (1: runs whatever is queued)."""
         self.batch_floor = batch_floor
-        for slot in self._slots:
-            slot.floor = self._floor_of(slot)
-        self._announce_holds()
+        self._refloor()
         return {"floors": {sl.sessions[0]: sl.floor for sl in self._slots if sl.prefix_model is None},
                 "holds_ms": self._holds_ms()}
 

@@ -314,11 +314,15 @@ class Frontend:
         """How long a request of ``session`` may wait here for company (s): the shortest hold its backends have
         said (``holds`` on their streams), else the session's ``coalesce_ms``, else the frontend's window."""
         with self._lock:
-            s = self._sessions.get(session, {})
+            base = self._session_window_s(self._sessions.get(session, {}))
             route = self._routes.get(session)
-            base = self.coalesce_s if s.get("coalesce_ms") is None else float(s["coalesce_ms"]) / 1000.0
             conns = [self._conns.get(a) for a in (route.addrs if route is not None else ())]
         return min((c.holds.get(session, base) if c is not None else base for c in conns), default=base)
+
+    def _session_window_s(self, session_info: dict[str, Any]) -> float:
+        """A session's own coalescing window (s): its ``coalesce_ms``, else the frontend's."""
+        w = session_info.get("coalesce_ms")
+        return self.coalesce_s if w is None else float(w) / 1000.0
 
     def run_on_loop(self, coro: Any) -> concurrent.futures.Future:
         """Run a coroutine on the frontend's loop thread (where ``send_many`` is cheapest); its future."""
@@ -350,8 +354,7 @@ class Frontend:
         now = time.time()
         mono = time.monotonic()
         slo_s = float(s["slo_ms"]) / 1000.0
-        window = s.get("coalesce_ms")
-        window_s = self.coalesce_s if window is None else float(window) / 1000.0
+        window_s = self._session_window_s(s)
         if arrived is None or isinstance(arrived, (int, float)):
             lates = [0.0 if arrived is None else max(0.0, now - float(arrived))] * len(payloads)
         else:
