@@ -178,9 +178,10 @@ dev.load("convnet", 8)
 x = np.zeros((8, 3, 64, 64), np.float32)
 
 def faults():
-    dev.run_batch("convnet", x)
+    for _ in range(2):  # warm-up: the heap grows to its working size
+        dev.run_batch("convnet", x)
     before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-    for _ in range(3):
+    for _ in range(5):
         dev.run_batch("convnet", x)
     return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
 
@@ -196,13 +197,15 @@ print(json.dumps([as_started, faults()]))
 def test_cpu_device_keeps_activation_memory_between_batches() -> None:
     """Under distributed's worker environment (64 KiB trim threshold, which freezes the mmap threshold at
     128 KiB) every forward pass maps its activations afresh and page-faults them in; a cpu device's process
-    keeps them in the heap instead. In a fresh process: a heap grown by earlier tests would hide the effect."""
+    keeps them in the heap instead. In a fresh process: a heap grown by earlier tests would hide the effect.
+    A kept heap still faults now and then (a chunk split differently, up to ~400 pages once), so the test
+    asks for a tenfold cut rather than none."""
     import json
     import subprocess
 
     out = subprocess.run([sys.executable, "-c", _FAULTS], capture_output=True, text=True, timeout=120, check=True)
     as_started, kept = json.loads(out.stdout.strip().splitlines()[-1])
-    assert as_started > 100 and kept == 0
+    assert as_started > 1000 and kept * 10 < as_started, (as_started, kept)
 
 
 def models_forward(name: str, x: np.ndarray) -> np.ndarray:
