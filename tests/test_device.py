@@ -282,3 +282,16 @@ def test_cpu_profile_fit_is_a_line_through_noisy_points():
     per_request = [fit[b] / b for b in sorted(fit)]
     assert per_request == sorted(per_request, reverse=True)  # no odd batch looks cheapest any more
     assert fit[32] == pytest.approx(truth[32], rel=0.1)
+
+
+def test_cpu_benchmark_load_grid_is_finer_near_the_edge():
+    from itertools import pairwise
+
+    from nexus_lab.bench.cpu_model import load_grid
+
+    grid = load_grid(0.8)
+    assert grid[0] == 0.1 and grid[-1] == 0.8 and list(grid) == sorted(set(grid))
+    steps = {round(b - a, 3) for a, b in pairwise(grid)}
+    assert steps == {0.05, 0.025}
+    assert all(round(b - a, 3) == 0.025 for a, b in pairwise(grid) if a >= 0.5)
+    assert load_grid(0.4) == (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)

@@ -17,10 +17,13 @@ SLO_MS = 50.0
 BATCHES = (1, 2, 4, 8, 16, 32)
 
 
-def load_grid(top: float) -> tuple[float, ...]:
-    """Offered loads as fractions of raw, 0.10 to ``top`` in 5% steps: fine enough that one noisy point near the
-    edge does not end a sweep early (a sweep stops after two misses)."""
-    return tuple(round(0.1 + 0.05 * k, 2) for k in range(round((top - 0.1) / 0.05) + 1))
+def load_grid(top: float, fine_from: float = 0.5) -> tuple[float, ...]:
+    """Offered loads as fractions of raw: 0.10 to ``fine_from`` in 5% steps, then to ``top`` in 2.5% steps, where
+    the edge lies: a 5% step there would round the goodput at 99% down by up to 5% of raw. Fine enough that one
+    noisy point near the edge does not end a sweep early (a sweep stops after two misses)."""
+    coarse = [round(0.1 + 0.05 * k, 3) for k in range(round((min(top, fine_from) - 0.1) / 0.05) + 1)]
+    fine = [round(fine_from + 0.025 * k, 3) for k in range(1, round((top - fine_from) / 0.025) + 1)]
+    return tuple(coarse + fine)
 
 
 def pick_model() -> str:
