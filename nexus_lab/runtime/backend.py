@@ -430,9 +430,8 @@ class NexusBackend(WorkerPlugin):
             # 3. models no longer planned are unloaded once their sessions have drained (duty-cycle task)
             self._unload_pending |= set(self._loaded_batch) - set(need)
             self._arrival.set()
-            self._announce_holds()
             return {"version": self.version, "loaded": sorted(self._loaded_batch), "error": None,
-                    "holds_ms": self._holds_ms()}
+                    "holds_ms": self._announce_holds()}
 
     async def nexus_submit(self, requests: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Enqueue a coalesced message of requests; reply once every one has ended (event loop)."""
@@ -503,17 +502,20 @@ class NexusBackend(WorkerPlugin):
         0 without a floor."""
         return min(self._duty_s, float(slot.table[slot.floor])) if slot.floor > 1 and slot.table is not None else 0.0
 
-    def _refloor(self) -> None:
-        """Recompute every slot's floor (the floor setting or the CPU pressure changed) and tell the frontends."""
+    def _refloor(self) -> dict[str, float]:
+        """Recompute every slot's floor (the floor setting or the CPU pressure changed) and tell the frontends;
+        the holds told."""
         for slot in self._slots:
             slot.floor = self._floor_of(slot)
-        self._announce_holds()
+        return self._announce_holds()
 
-    def _announce_holds(self) -> None:
-        """Send the current holds down every frontend stream (after a plan, a floor switch or a pressure change)."""
+    def _announce_holds(self) -> dict[str, float]:
+        """Send the current holds down every frontend stream (after a plan, a floor switch or a pressure change);
+        the holds sent, for the caller's reply."""
         holds = self._holds_ms()
         for sink in self._streams:
             sink.holds(holds)
+        return holds
 
     async def _watch_cpu(self) -> None:
         """Every ``PRESSURE_INTERVAL_S``: the host's CPU busy fraction (psutil, all cores), and with it whether
@@ -540,9 +542,9 @@ class NexusBackend(WorkerPlugin):
         """Switch the batch floor live (``batch_floor`` as in the constructor; None: by device kind); returns each
         planned session's floor (1: runs whatever is queued)."""
         self.batch_floor = batch_floor
-        self._refloor()
+        holds = self._refloor()
         return {"floors": {sl.sessions[0]: sl.floor for sl in self._slots if sl.prefix_model is None},
-                "holds_ms": self._holds_ms()}
+                "holds_ms": holds}
 
     async def nexus_state(self) -> dict[str, Any]:
         """What a new controller needs to adopt the running plan."""
