@@ -222,3 +222,58 @@ def batch_floor(latency: Sequence[float] | np.ndarray, planned_batch: int, slack
         return 1
     target = (1.0 + slack) * float(latency[b]) / b
     return next((n for n in range(1, b + 1) if float(latency[n]) / n <= target), b)
+
+
+def floor_hold_s(latency: Sequence[float] | np.ndarray, floor: int, duty_s: float) -> float:
+    """How long a batch below its ``floor`` waits for company (``latency[n]`` is ``l(n)`` in seconds): no longer
+    than the floor batch itself takes (holding costs at most one short batch of latency), nor than a duty cycle
+    (the wait the plan allows); 0 without a floor (``floor <= 1``)."""
+    return min(float(duty_s), float(latency[floor])) if floor > 1 else 0.0
+
+
+def held_until(take: int, floor: int, oldest_s: float, hold_s: float) -> float | None:
+    """When a batch of ``take`` below its ``floor`` must run anyway: its oldest request (arrived at ``oldest_s``)
+    has then waited ``hold_s``; None when the batch runs now (empty, or at its floor)."""
+    return oldest_s + hold_s if 0 < take < floor else None
+
+
+def burst_limit(planned_batch: int, max_batch: int) -> int:
+    """The largest batch a burst may grow a planned batch ``b`` to (``burst_take``): the largest batch the model's
+    profile covers (``max_batch``; a device without a profile passes ``2b``), never less than ``b``. Growing
+    further than the plan delays the other sessions of the GPU by one longer batch, which their own early drop
+    accounts for (docs/architecture.md, section 7, has the measurement that chose this bound).
+
+    Examples
+    --------
+    >>> burst_limit(8, 64), burst_limit(8, 4)
+    (64, 8)
+    """
+    return max(int(planned_batch), int(max_batch))
+
+
+def form_prefix_unit(queued: Sequence[int], batches: Sequence[int], prefix_latency: Sequence[float] | np.ndarray,
+                     suffix_latency: Sequence[Sequence[float] | np.ndarray],
+                     member_window: Callable[[int, float, Sequence[float] | np.ndarray], Window]
+                     ) -> tuple[list[Window], float]:
+    """Form a prefix unit (prefix once on every member's batch, then each suffix on its slice).
+
+    Batch sizes first as if nothing were dropped (``min(queued_i, b_i)``: an upper bound ``N`` on the prefix
+    batch), so each member's early drop sees what really runs before its suffix ends: ``l_P(N)``, the earlier
+    suffixes' batches, then its own ``l_Si(n)``. ``member_window(i, ahead, l_Si)`` runs member ``i``'s early drop
+    against the latency ``ahead + l_Si(n)``. Returns each member's window and the unit's planned duration (0 and
+    no windows when nothing is queued).
+    """
+    sizes = [min(int(q), int(b)) for q, b in zip(queued, batches, strict=True)]
+    total = sum(sizes)
+    if not total:
+        return [], 0.0
+    ahead = float(prefix_latency[min(total, len(prefix_latency) - 1)])
+    windows = []
+    for i, m in enumerate(sizes):
+        if not m:
+            windows.append(Window(0, 0))
+            continue
+        w = member_window(i, ahead, suffix_latency[i])
+        windows.append(w)
+        ahead += float(suffix_latency[i][w.take])
+    return windows, ahead

@@ -111,7 +111,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_profile(args: argparse.Namespace) -> int:
-    from .profiles.profiler import profile_builtin
+    from .runtime.profiler import profile_builtin
 
     try:
         batches = [int(x) for x in args.batches.split(",") if x.strip()]

@@ -1,4 +1,4 @@
-"""The workload contract (DESIGN.md section 3): device, models, sessions and queries, checked field by field.
+"""The workload contract (docs/architecture.md section 3): device, models, sessions and queries, checked field by field.
 
 Pure data and validation; reads a YAML/JSON file at most. Every error names the offending field.
 """

@@ -321,7 +321,7 @@ cluster whose workers run real forward passes on CPU, and watch the dashboard.
 import threading, time
 import plotly.graph_objects as go
 import nexus_lab
-from nexus_lab.profiles.profiler import profile_builtin
+from nexus_lab.runtime.profiler import profile_builtin
 from nexus_lab.widgets import dashboard
 
 model = "tiny"

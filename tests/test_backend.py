@@ -13,13 +13,13 @@ import pytest
 
 pytest.importorskip("nexus_lab.runtime.device")
 
+from backend_calls import call, call_sync, stream_submit, submit
 from distributed import Client, LocalCluster
 
 from nexus_lab.batching import batch_floor, cpu_pressure
 from nexus_lab.controller import worker_malloc_config
 from nexus_lab.profiles import profile_set
 from nexus_lab.runtime.backend import NexusBackend, parse_gpu
-from nexus_lab.runtime.comms import call_sync
 
 SIM = "simulated:titan-x-pascal"
 MALLOC = worker_malloc_config()
@@ -40,7 +40,7 @@ def cluster():
     with dask.config.set(MALLOC), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
             Client(lc) as client:
-        client.register_plugin(NexusBackend(device=SIM, stats_interval_s=0.2))
+        client.register_plugin(NexusBackend(device=SIM))
         workers = sorted(client.scheduler_info()["workers"])
         yield client, workers
 
@@ -62,10 +62,6 @@ def apply_ok(client, addr, gpu: dict, sessions: dict, version: int, **kw) -> dic
     rep = call_sync(client, addr, "nexus_apply", gpu=gpu, sessions=sessions, version=version, **kw)
     assert rep["error"] is None, rep
     return rep
-
-
-def submit(client, addr, reqs):
-    return call_sync(client, addr, "nexus_submit", requests=reqs)
 
 
 def test_parse_gpu_rejects_bad_plans():
@@ -109,7 +105,7 @@ def test_apply_serve_and_stats(cluster):
 
 
 def test_fixed_duty_cycle_keeps_planned_batches():
-    with one_backend(NexusBackend(device=SIM, stats_interval_s=0, work_conserving=False),
+    with one_backend(NexusBackend(device=SIM, work_conserving=False),
                      gpu_of(("cls", "vgg_s", 100.0, 8, 100.0), duty_ms=30.0),
                      table(cls=("vgg_s", 100.0))) as (client, w):
         replies = submit(client, w, [{"id": i, "session": "cls", "deadline": time.time() + 0.1, "payload": None}
@@ -145,7 +141,7 @@ def test_batch_floor_waits_for_company_at_most_one_short_batch():
     floor = batch_floor(lat, 16)
     assert 1 < floor < 16
     hold = min(0.060, float(lat[floor]))  # at most the floor batch's own time, at most one duty cycle
-    with one_backend(NexusBackend(device=SIM, stats_interval_s=0, batch_floor=True),
+    with one_backend(NexusBackend(device=SIM, batch_floor=True),
                      gpu_of(("cls", "vgg_s", 300.0, 16, 100.0), duty_ms=60.0),
                      table(cls=("vgg_s", 300.0))) as (client, w):
         sent = time.time()
@@ -215,21 +211,19 @@ def test_replan_under_load_loses_nothing(cluster):
               sessions=table(a=("vgg_s", 100.0)), version=10)
 
     async def load() -> list[dict]:
-        from nexus_lab.runtime.comms import call
-
         async def one(k: int) -> list[dict]:
             await asyncio.sleep(0.02 * k)  # 100 requests/s, within every plan's capacity
-            return await call(w, "nexus_submit", requests=[
+            return await stream_submit(client, w, [
                 {"id": (k, i), "session": "a" if k < 30 else "b", "deadline": time.time() + 0.1, "payload": None}
                 for i in range(2)])
 
         async def replan() -> None:
             await asyncio.sleep(0.2)
-            await call(w, "nexus_apply", gpu=gpu_of(("a", "vgg_s", 100.0, 4, 100.0), ("b", "vgg16", 100.0, 8, 50.0),
-                                                    duty_ms=45.0),
+            both = gpu_of(("a", "vgg_s", 100.0, 4, 100.0), ("b", "vgg16", 100.0, 8, 50.0), duty_ms=45.0)
+            await call(client, w, "nexus_apply", gpu=both,
                        sessions=table(a=("vgg_s", 100.0), b=("vgg16", 100.0)), version=11)
             await asyncio.sleep(0.4)
-            await call(w, "nexus_apply", gpu=gpu_of(("b", "vgg16", 100.0, 8, 50.0), duty_ms=45.0),
+            await call(client, w, "nexus_apply", gpu=gpu_of(("b", "vgg16", 100.0, 8, 50.0), duty_ms=45.0),
                        sessions=table(b=("vgg16", 100.0)), version=12)
 
         out = await asyncio.gather(replan(), *(one(k) for k in range(60)))
@@ -275,7 +269,7 @@ def cpu_cluster():
     with dask.config.set(MALLOC), \
             LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
             Client(lc) as client:
-        client.register_plugin(NexusBackend(device="cpu", stats_interval_s=0))
+        client.register_plugin(NexusBackend(device="cpu"))
         yield client, sorted(client.scheduler_info()["workers"])[0]
 
 
@@ -332,9 +326,9 @@ def test_host_cpu_batches_run_on_the_event_loop_thread(cpu_cluster):
             return x + 1
 
     def run_on(dask_worker: object, inline: bool | None) -> bool:
-        be = dask_worker.plugins["nexus-backend"]
-        be._inline = inline if inline is not None else be._inline
-        return be._inline
+        cycle = dask_worker.plugins["nexus-backend"].cycle
+        cycle.inline = inline if inline is not None else cycle.inline
+        return cycle.inline
 
     register_model("where-test", Where, (2,), replace=True)
     client, w = cpu_cluster
@@ -357,7 +351,7 @@ def test_host_cpu_backend_holds_for_bigger_batches_under_cpu_pressure(cpu_cluste
     tells its frontends on their streams, which then coalesce that long."""
     import psutil
 
-    from nexus_lab.runtime import backend as backend_mod
+    from nexus_lab.runtime.backend import plugin as backend_mod
     from nexus_lab.runtime.frontend import Frontend
 
     client, w = cpu_cluster
@@ -412,7 +406,7 @@ def test_prefix_group_runs_prefix_once(cpu_cluster):
 
 
 def test_device_deadline_keeps_back_only_post_processing_and_the_way_back():
-    from nexus_lab.runtime.backend import _allowance_s
+    from nexus_lab.runtime.backend.queues import device_allowance_s as _allowance_s
 
     # the controller's table: L' = 100 - 19 (pre) - 58.5 (post) - 10 (net); pre is spent before a request is queued
     s = {"slo_ms": 100.0, "budget_ms": 12.5, "post_ms": 58.5, "net_ms": 10.0}

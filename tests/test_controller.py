@@ -9,7 +9,6 @@ import time
 import pytest
 
 from nexus_lab.batching import batch_floor
-from nexus_lab.controller.core import COALESCE_SHARE
 from nexus_lab.controller.edits import WorkloadEditor, base_workload
 from nexus_lab.controller.html import render
 from nexus_lab.controller.placement import assign_gpus, gpu_key, routes_of, transition, worker_gpus
@@ -222,14 +221,55 @@ def test_html_summary_renders_state():
 
 
 # ---------------------------------------------------------------------------------------------- on a cluster
+def test_controllers_register_for_the_panel_only_inside_a_kernel(monkeypatch):
+    """``register=None`` registers inside a Jupyter kernel only: an IPython shell that has a kernel."""
+    import sys
+    import types
+
+    from nexus_lab.lab.registry import in_kernel
+
+    monkeypatch.delitem(sys.modules, "IPython", raising=False)
+    assert not in_kernel()  # IPython never loaded: not a kernel (and not imported to find out)
+    assert "IPython" not in sys.modules
+    fake = types.ModuleType("IPython")
+    monkeypatch.setitem(sys.modules, "IPython", fake)
+    for shell, inside in ((None, False), (types.SimpleNamespace(), False),
+                          (types.SimpleNamespace(kernel=object()), True)):
+        fake.get_ipython = lambda shell=shell: shell
+        assert in_kernel() is inside
+
+
 @pytest.fixture(scope="module")
-def ctl():
+def ctl(tmp_path_factory):
     pytest.importorskip("nexus_lab.runtime.device")
     import nexus_lab
 
-    c = nexus_lab.start(gpus=2, epoch_s=3600.0, poll_s=0.5)
-    yield c
-    c.close()
+    with pytest.MonkeyPatch.context() as mp:  # the registration file goes to a temporary Jupyter runtime dir
+        mp.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path_factory.mktemp("jupyter-runtime")))
+        c = nexus_lab.start(gpus=2, epoch_s=3600.0, poll_s=0.5, register=True)
+        yield c
+        c.close()
+
+
+def test_controller_is_a_controller_view(ctl):
+    """Views are written against ``ControllerView``: the controller has every member it declares."""
+    from nexus_lab.controller.protocol import ControllerView, PanelControl, missing_members
+
+    assert isinstance(ctl, ControllerView) and isinstance(ctl, PanelControl)
+    assert missing_members(ctl, ControllerView) == []
+    assert ctl.gpus == 2 and not ctl.closed and isinstance(ctl.traces(), dict)
+
+
+def _window_once_said(ctl, session: str, want: float, within_s: float = 2.0) -> float:
+    """The frontend's coalescing window of ``session`` (s) once it is ``want``, or after ``within_s``; one request
+    per poll, so every backend of the session has a stream to say its hold on."""
+    deadline = time.time() + within_s
+    while True:
+        ctl.infer(session, None, timeout_s=5)
+        got = ctl.frontend.window_s(session)
+        if got == pytest.approx(want) or time.time() > deadline:
+            return got
+        time.sleep(0.05)
 
 
 def test_started_workers_keep_freed_activations_in_the_heap(ctl):
@@ -266,17 +306,17 @@ def test_controller_applies_serves_and_reports(ctl):
         ctl.infer("nope", None)
     plan = ctl.apply()
     assert ctl.version == 1 and plan.num_gpus == preview.num_gpus
-    assert ctl.frontend.sessions[name].get("coalesce_ms") is None  # simulated GPUs: the frontend's 1 ms
+    assert ctl.frontend.window_s(name) == pytest.approx(0.001)  # simulated GPUs hold nothing: the frontend's 1 ms
     floors = ctl.set_batch_floor(True)  # live, on every backend; simulated GPUs have it off by default
-    assert sorted(floors) == ctl._workers()
+    assert sorted(floors) == ctl.workers()
     assert max(f.get(name, 1) for f in floors.values()) > 1  # vgg_s batches pay off from 2 on
-    # the frontend now coalesces for (a share of) the shortest hold min(d, l(floor)) of the session's allocations
+    # each backend says its hold min(d, l(floor)) on its stream; the frontend coalesces for the shortest one
     prof = ctl.editor.workload().profile("vgg_s")
     holds = [min(g.duty_cycle_ms, float(prof.lat_ms[batch_floor(prof.lat_ms, a.batch)]))
              for g in plan.gpus for a in g.allocations if a.session == name and batch_floor(prof.lat_ms, a.batch) > 1]
-    assert ctl.frontend.sessions[name]["coalesce_ms"] == pytest.approx(COALESCE_SHARE * min(holds))
+    assert _window_once_said(ctl, name, min(holds) / 1000.0) == pytest.approx(min(holds) / 1000.0)
     assert all(f.get(name, 1) == 1 for f in ctl.set_batch_floor(None).values())
-    assert ctl.frontend.sessions[name].get("coalesce_ms") is None
+    assert _window_once_said(ctl, name, 0.001) == pytest.approx(0.001)
     futs = []
     for _ in range(20):  # at the planned rate (40/s): a burst beyond the plan would be early-dropped
         futs.append(ctl.submit(name, None))
@@ -331,8 +371,8 @@ def test_apply_plan_runs_a_valid_manual_placement_and_refuses_an_invalid_one(ctl
         ctl.apply_plan(dataclasses.replace(plan, gpus=(small, *plan.gpus[1:])))
     v = ctl.version
     assert ctl.apply_plan(plan) is plan and ctl.version == v + 1
-    # The panel's registration exists while the controller lives.
-    assert ctl._lab is not None
+    # Asked to (register=True), the controller is registered for the panel while it lives.
+    assert ctl.registration is not None and not ctl.registration.closed
 
 
 def test_a_new_controller_adopts_the_running_plan(ctl):
@@ -343,6 +383,7 @@ def test_a_new_controller_adopts_the_running_plan(ctl):
         ctl.apply()
     other = Controller(ctl.client, auto=False)
     try:
+        assert other.registration is None  # outside a Jupyter kernel a controller registers only when asked
         assert other.version == ctl.version
         assert {w: gpu_key(g) for w, g in other.assignment.items()} == \
             {w: gpu_key(g) for w, g in ctl.assignment.items()}
@@ -406,7 +447,7 @@ def test_load_on_workers_follows_a_live_replan():
         first = next(w for w, g in c.assignment.items() if g)
         handle = start_load(c.client, c.frontend, {name: 60.0}, 6.0, workers=[first], seed=2)
         time.sleep(1.5)
-        c.pin(name, next(w for w in c._workers() if w != first))
+        c.pin(name, next(w for w in c.workers() if w != first))
         c.apply()  # the old backend drains for 2 s, then turns requests away: the generator must have moved
         rep = handle.result()
     s = rep["sessions"][name]

@@ -15,14 +15,17 @@ import pytest
 
 pytest.importorskip("nexus_lab.runtime.device")
 
+from backend_calls import call_sync
 from distributed import Client, LocalCluster
 
 from nexus_lab.controller import worker_malloc_config
+from nexus_lab.runtime import wire
 from nexus_lab.runtime.backend import NexusBackend
-from nexus_lab.runtime.comms import call_sync
-from nexus_lab.runtime.frontend import Frontend, _Route, crop_boxes
+from nexus_lab.runtime.frontend import Frontend
 from nexus_lab.runtime.loadgen import arrival_times, start_load
+from nexus_lab.runtime.queries import crop_boxes, run_query
 from nexus_lab.runtime.results import Dropped, RequestFailed
+from nexus_lab.runtime.routes import Route
 
 SIM = "simulated:titan-x-pascal"
 MALLOC = worker_malloc_config()
@@ -55,18 +58,18 @@ def cluster():
     with dask.config.set(MALLOC), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
             Client(lc) as client:
-        client.register_plugin(NexusBackend(device=SIM, stats_interval_s=0))
+        client.register_plugin(NexusBackend(device=SIM))
         workers = sorted(client.scheduler_info()["workers"])
         serve(client, workers)
         yield client, workers
 
 
 def test_weighted_round_robin_follows_planned_rates():
-    r = _Route([("a", 300.0), ("b", 100.0)])
+    r = Route([("a", 300.0), ("b", 100.0)])
     picks = Counter(r.pick(set()) for _ in range(400))
     assert picks == {"a": 300, "b": 100}
     assert r.pick({"a"}) == "b" and r.pick({"a", "b"}) is None
-    assert _Route([("a", 0.0), ("b", 0.0)]).pick(set()) in {"a", "b"}  # no rates: equal shares
+    assert Route([("a", 0.0), ("b", 0.0)]).pick(set()) in {"a", "b"}  # no rates: equal shares
 
 
 def test_requests_end_to_end_and_coalesced(cluster):
@@ -91,30 +94,23 @@ def test_requests_end_to_end_and_coalesced(cluster):
     assert served[0] >= 48 and served[1] >= 16
 
 
-def test_a_session_coalesces_for_its_own_window(cluster):
+def test_requests_coalesce_for_the_frontends_window(cluster):
     client, workers = cluster
-    slow = {"cls": {**SESSIONS["cls"], "coalesce_ms": 150.0}}
-    with Frontend(client, coalesce_ms=0.0) as fe:
-        fe.set_routes({"cls": [(workers[0], 1.0)]}, slow)
+    with Frontend(client, coalesce_ms=150.0) as fe:  # the simulated backend holds nothing: the frontend's window
+        fe.set_routes({"cls": [(workers[0], 1.0)]}, SESSIONS)
         t0 = time.time()
         futs = [fe.submit("cls", None) for _ in range(3)]  # three calls, one message
         time.sleep(0.05)
         futs.append(fe.submit("cls", None))
         assert Counter(outcome(f) for f in futs) == {"ok": 4}
         assert time.time() - t0 >= 0.15 and fe.sent_messages == 1
-        fe.update_sessions({"cls": SESSIONS["cls"], "unrouted": SESSIONS["cls"]})  # back to the frontend's window
-        assert "unrouted" not in fe.sessions
-        t0 = time.time()
-        assert outcome(fe.submit("cls", None)) == "ok" and time.time() - t0 < 0.15
-        with pytest.raises(ValueError, match=r"coalesce_ms: must be in \[0, slo_ms"):
-            fe.set_routes({"cls": [(workers[0], 1.0)]}, {"cls": {**SESSIONS["cls"], "coalesce_ms": 500.0}})
+        assert fe.window_s("cls") == pytest.approx(0.15)
 
 
 def test_requests_handed_over_late_count_from_their_arrival(cluster):
     client, workers = cluster
-    windowed = {"cls": {**SESSIONS["cls"], "coalesce_ms": 100.0}}
-    with Frontend(client, coalesce_ms=0.0) as fe:
-        fe.set_routes({"cls": [(workers[0], 1.0)]}, windowed)
+    with Frontend(client, coalesce_ms=100.0) as fe:
+        fe.set_routes({"cls": [(workers[0], 1.0)]}, SESSIONS)
         got: list[tuple[str, object]] = []
 
         def wait_for(n: int) -> None:
@@ -141,9 +137,8 @@ def test_load_generator_wakes_once_per_coalescing_window(cluster):
     from nexus_lab.runtime.loadgen import run_load
 
     client, workers = cluster
-    windowed = {"cls": {**SESSIONS["cls"], "coalesce_ms": 40.0}}
-    with Frontend(client, coalesce_ms=0.0) as fe:
-        fe.set_routes({"cls": [(workers[0], 1.0)]}, windowed)
+    with Frontend(client, coalesce_ms=40.0) as fe:
+        fe.set_routes({"cls": [(workers[0], 1.0)]}, SESSIONS)
         rep = run_load(fe, {"cls": 300.0}, 1.0, seed=5, settle_s=2.0)
         s = rep["sessions"]["cls"]
         assert s["ok"] == s["offered"] > 200, s
@@ -173,11 +168,9 @@ def test_errors_before_anything_is_sent(cluster):
 
 
 def test_zoo_input_spec_is_checked_before_sending(cluster):
-    from nexus_lab.runtime import frontend as fmod
-
     client, workers = cluster
     zoo_model = "convnet"
-    spec = fmod._input_spec(zoo_model)
+    spec = wire.input_spec(zoo_model)
     with Frontend(client) as fe:
         fe.set_routes({"z": [(workers[0], 1.0)]}, {"z": {"model": zoo_model, "slo_ms": 100.0}})
         with pytest.raises(ValueError, match="shape"):
@@ -195,7 +188,7 @@ def test_tls_cluster():
     with dask.config.set(MALLOC), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=False, dashboard_address=":0", protocol="tls",
                          security=sec) as lc, Client(lc, security=sec) as client:
-        client.register_plugin(NexusBackend(device=SIM, stats_interval_s=0))
+        client.register_plugin(NexusBackend(device=SIM))
         workers = sorted(client.scheduler_info()["workers"])
         assert all(w.startswith("tls://") for w in workers)
         serve(client, workers)
@@ -212,7 +205,7 @@ def test_killed_worker_resolves_every_future_within_5s():
     with dask.config.set(MALLOC), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as lc, \
             Client(lc) as client:
-        client.register_plugin(NexusBackend(device=SIM, stats_interval_s=0))
+        client.register_plugin(NexusBackend(device=SIM))
         workers = sorted(client.scheduler_info()["workers"])
         serve(client, workers, {"cls": {"model": "vgg_s", "slo_ms": 200.0, "budget_ms": 198.0}},
               gpu_of(slo=200.0, batch=16))
@@ -276,7 +269,7 @@ def test_query_fans_out_one_child_per_detected_box():
     with dask.config.set(MALLOC), \
             LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=":0") as lc, \
             Client(lc) as client:
-        client.register_plugin(NexusBackend(device="cpu", stats_interval_s=0))
+        client.register_plugin(NexusBackend(device="cpu"))
         (w,) = sorted(client.scheduler_info()["workers"])
         gpu = {"id": 0, "duty_cycle_ms": 50.0, "occupancy": 0.5, "memory_mb": 100.0, "allocations": [
             {"session": "traffic/detect", "model": "detector", "slo_ms": 200.0, "batch": 4, "rate": 10.0},
@@ -293,7 +286,7 @@ def test_query_fans_out_one_child_per_detected_box():
             fe.set_routes({s: [(w, 1.0)] for s in sessions}, sessions)
             for _ in range(8):
                 frame = rng.random((3, 64, 64), dtype=np.float32) * rng.uniform(0.1, 4.0)
-                out = fe.query(query, frame, parents={"detect": None, "car": "detect"})
+                out = run_query(fe.submit_many, query, frame, parents={"detect": None, "car": "detect"})
                 assert not out["failed"] and not out["dropped"], out
                 boxes = np.asarray(out["outputs"]["detect"])
                 assert boxes.ndim == 2 and boxes.shape[1] == 6

@@ -9,8 +9,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nexus_lab.models import shared_prefix_length
 from nexus_lab.planner import Plan, PlanInvalid, plan_workload, validate
-from nexus_lab.planner.prefix import composite_profile, prefix_profile, shared_prefix_length, slice_batch
+from nexus_lab.planner import prefix as prefix_mod
+from nexus_lab.planner.prefix import composite_profile, prefix_profile, slice_batch
 from nexus_lab.profiles import ModelProfile
 from nexus_lab.workload import load_workload
 
@@ -60,6 +62,7 @@ def test_shared_prefix_length_detects_identical_leading_layers():
         shared_prefix_length([])
     with pytest.raises(ValueError, match=r"modules\[1\]"):
         shared_prefix_length([a, "not a module"])
+    assert prefix_mod.shared_prefix_length is shared_prefix_length  # the planner's name for it still works
 
 
 # ---------------------------------------------------------------------------------------------- profiles

@@ -10,7 +10,7 @@ torch = pytest.importorskip("torch")
 
 from nexus_lab.cli import main  # noqa: E402
 from nexus_lab.profiles import ModelProfile, ProfileError  # noqa: E402
-from nexus_lab.profiles.profiler import profile_builtin, profile_module  # noqa: E402
+from nexus_lab.runtime.profiler import profile_builtin, profile_module  # noqa: E402
 
 
 def _mlp() -> torch.nn.Module:

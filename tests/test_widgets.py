@@ -32,6 +32,49 @@ def ctl():
     c.close()
 
 
+def test_both_controllers_satisfy_the_view_protocol(ctl):
+    """Widgets and the lab use ``ControllerView`` only: the simulator and the cluster controller declare every
+    member of it (the cluster one is checked live in test_controller)."""
+    from nexus_lab.controller import Controller
+    from nexus_lab.controller.protocol import ControllerView, PanelControl, missing_members, protocol_members
+
+    assert isinstance(ctl, ControllerView) and isinstance(ctl, PanelControl)
+    assert missing_members(ctl, ControllerView) == []
+    assert [m for m in protocol_members(ControllerView) if not hasattr(Controller, m)] == []
+    assert {"state", "replan_now", "pause", "resume", "traces", "closed", "gpus"} <= set(
+        protocol_members(ControllerView))
+    assert ctl.gpus == 4 and not ctl.closed
+    ctl.close()
+    assert ctl.closed
+
+
+def test_simulated_state_has_the_controllers_shape(ctl):
+    """One ``build_state`` for both controllers: the simulator's snapshot carries what the cluster's does."""
+    st = ctl.state()
+    plan = ctl.current_plan
+    assert st["cluster"]["rate_fraction"] == plan.rate_fraction and st["cluster"]["scheduler"] == "simulator"
+    assert st["cluster"]["lower_bound_gpus"] == plan.lower_bound_gpus and st["cluster"]["workers"] == 4
+    assert [g["worker"] for g in st["gpus"]] == ["gpu-0", "gpu-1", "gpu-2", "gpu-3"]
+    (q,) = st["queries"]
+    assert {"offered_rate", "goodput", "slo_attainment", "drops"} <= set(q["stages"][0])
+    assert all(g["utilization"] is not None for g in st["gpus"] if g["gpu"] is not None)
+
+
+def test_simulator_plans_pinned_sessions_onto_their_gpu(ctl):
+    for gpu in (3, 0):
+        ctl.pin("faces", gpu)
+        assert gpu in [g.id for g in ctl.plan().gpus_of("faces")]
+        ctl.apply()
+        row = next(s for s in ctl.state()["sessions"] if s["name"] == "faces")
+        assert row["pinned"] == gpu and gpu in row["gpus"]
+    with pytest.raises(Exception, match=r"pin\.gpu"):
+        ctl.pin("faces", 4)
+    ctl.unpin("faces")
+    before = {g.id: g for g in ctl.current_plan.gpus}
+    again = ctl.apply()
+    assert {g.id: g for g in again.gpus} == before  # a re-plan of the same workload keeps every GPU in place
+
+
 def test_preview_refuses_with_the_workload_editors_reason(ctl):
     pv = preview_edits(ctl.workload, {"classify": {"slo_ms": -5}}, profile_set="titan-x-pascal")
     assert not pv.ok and "slo_ms" in pv.error and "> 0" in pv.error

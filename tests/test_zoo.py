@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from nexus_lab import models  # noqa: E402
-from nexus_lab.planner.prefix import shared_prefix_length  # noqa: E402
+from nexus_lab.models import shared_prefix_length  # noqa: E402
 
 
 def _params(m: torch.nn.Module) -> list[torch.Tensor]:

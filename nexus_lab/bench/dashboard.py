@@ -42,7 +42,7 @@ class SnapshotController:
         self.current_plan = plan
         self.workers = workers
         self.polls = 0
-        self._stop = None
+        self.closed = False  # the dashboard stops when it turns True
 
     def traces(self) -> dict[str, list]:
         out: dict[str, list] = {}

@@ -65,7 +65,7 @@ def run(quick: bool = False) -> dict[str, Any]:
     with dask.config.set({**worker_malloc_config(), **SERVING_CONFIG}), \
             LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
-        client.register_plugin(NexusBackend(device="cpu", stats_interval_s=0))
+        client.register_plugin(NexusBackend(device="cpu"))
         workers = sorted(client.scheduler_info()["workers"])
         procs = cluster_processes(client)
         session = {"model": model, "slo_ms": 1000.0, "budget_ms": 1000.0}

@@ -19,7 +19,8 @@ from ..workload import Workload, load_workload
 
 DETECT = {"name": "detect", "model": "yolo9000"}
 
-#: Traffic-style queries (DESIGN.md section 3): a yolo9000 detector, then recognisers on each detected object.
+#: Traffic-style queries (docs/architecture.md section 3): a yolo9000 detector, then recognisers on each detected
+#: object.
 QUERIES: list[dict[str, Any]] = [
     {"name": "faces", "slo_ms": 400, "stages": [
         DETECT, {"name": "face", "model": "vgg_face", "parent": "detect", "gamma": 1.2}]},

@@ -14,18 +14,18 @@ from ..runtime.device import MALLOC_THRESHOLD
 from .core import Controller
 
 #: glibc settings for worker processes, set through ``distributed.nanny.pre-spawn-environ``. distributed's nanny
-#: trims freed memory above 64 KiB, which makes batch-32 forward passes 3-4x slower by returning and re-faulting
-#: their activations on every batch; and any explicit trim threshold also freezes glibc's mmap threshold at
-#: 128 KiB, so every activation above that is mmap'd and unmapped per forward pass (page faults: a small conv
-#: net's batch took 2.4x its time). With both high, freed activations stay in the heap for the next batch.
-#: (A cpu ``TorchDevice`` also sets both with ``mallopt`` in whatever worker it runs: ``keep_freed_memory``.)
+#: trims freed memory above 64 KiB, returning and re-faulting a forward pass's activations on every batch; and any
+#: explicit trim threshold also freezes glibc's mmap threshold at 128 KiB, so every activation above that is mmap'd
+#: and unmapped per forward pass. With both high, freed activations stay in the heap for the next batch (the cost
+#: measured is in docs/architecture.md). A cpu ``TorchDevice`` also sets both with ``mallopt`` in whatever worker it
+#: runs: ``keep_freed_memory``.
 WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": MALLOC_THRESHOLD, "MALLOC_MMAP_THRESHOLD_": MALLOC_THRESHOLD}
 
 
 #: distributed's housekeeping on a cluster started to serve (``start``): workers run no Dask tasks, so the statistical
 #: profiler (a stack sample of every worker thread each 10 ms) profiles nothing, and the event-loop tick (every
 #: 20 ms on the scheduler, each nanny and worker) and the system monitor (every 0.5 s) wake every server far more
-#: often than serving needs. Together they took 12% of a core on an idle 2-worker cluster; 4% with these.
+#: often than serving needs, taking CPU from the backends (docs/architecture.md has the measurement).
 #: A loop blocked longer than ``distributed.admin.tick.limit`` (3 s) is still reported.
 SERVING_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
                   "distributed.admin.system-monitor.interval": "5s"}
@@ -69,8 +69,7 @@ def start(gpus: int = 4, device: str = "simulated:titan-x-pascal", *, security: 
                                memory_limit=memory_limit, **kw)
     try:
         client = Client(cluster, security=security, set_as_default=False)
-        client.register_plugin(NexusBackend(device=device, threads=threads,
-                                            stats_interval_s=float(controller_kw.get("poll_s", 1.0))))
+        client.register_plugin(NexusBackend(device=device, threads=threads))
         ctl = Controller(client, device=device, security=security, **controller_kw)
     except BaseException:
         cluster.close()

@@ -1,8 +1,9 @@
 """Self-registration of live controllers for the JupyterLab panel: one 0600 file in the Jupyter runtime directory each.
 
-Each registration serves the controller's ``state()``, ``replan_now()``, ``pause()`` and ``resume()`` on 127.0.0.1 only,
-behind a random bearer token kept in the file. Standard library plus ``jupyter_core``; must not import the controller,
-Dask, tornado or jupyter_server (the kernel side stays light; the server side only reads the files).
+Each registration serves the controller's ``PanelControl`` (``state()``, ``replan_now()``, ``pause()``, ``resume()``)
+on 127.0.0.1 only, behind a random bearer token kept in the file. Standard library, ``jupyter_core`` and the typing-only
+``nexus_lab.controller.protocol``; must not import the controller, Dask, tornado or jupyter_server (the kernel side
+stays light; the server side only reads the files).
 """
 
 from __future__ import annotations
@@ -20,21 +21,15 @@ import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-#: The only interface the panel needs from a controller (``nexus_lab.controller.Controller`` has it).
+from ..controller.protocol import PanelControl, missing_members
+
+#: The panel's actions; each calls one method of ``PanelControl``.
 ACTIONS = ("replan", "pause", "resume")
-_METHOD_OF_ACTION = {"replan": "replan_now", "pause": "pause", "resume": "resume"}
 _ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 #: Keys of a registration file; ``port`` and ``token`` never leave the server side.
 PUBLIC_KEYS = ("id", "name", "pid", "kernel_id", "created", "host")
-
-
-class Controllable(Protocol):
-    def state(self) -> dict[str, Any]: ...
-    def replan_now(self) -> Any: ...
-    def pause(self) -> Any: ...
-    def resume(self) -> Any: ...
 
 
 def registry_dir(runtime_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -64,6 +59,16 @@ def pid_alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def in_kernel() -> bool:
+    """Whether this process is a Jupyter kernel (an IPython shell with a kernel): where the panel can reach it."""
+    if "IPython" not in sys.modules:  # never import IPython just to find out
+        return False
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    return shell is not None and getattr(shell, "kernel", None) is not None
 
 
 def current_kernel_id() -> str | None:
@@ -211,13 +216,21 @@ def _make_handler(reg: Registration) -> type[BaseHTTPRequestHandler]:
             action = self.path.lstrip("/")
             if not self._authorized():
                 self._send(403, {"error": "forbidden", "message": "bad or missing bearer token"})
-            elif action in _METHOD_OF_ACTION:
-                method = getattr(reg.controller, _METHOD_OF_ACTION[action])
-                self._call(lambda: (method(), {"ok": True, "action": action})[1])
+            elif action in ACTIONS:
+                self._call(lambda: (_act(reg.controller, action), {"ok": True, "action": action})[1])
             else:
                 self._send(404, {"error": "not-found", "message": f"no action {action!r}; one of {list(ACTIONS)}"})
 
     return _Handler
+
+
+def _act(controller: PanelControl, action: str) -> None:
+    if action == "replan":
+        controller.replan_now()
+    elif action == "pause":
+        controller.pause()
+    else:
+        controller.resume()
 
 
 def _finite(x: Any) -> Any:
@@ -240,15 +253,15 @@ class Registration:
     interpreter exit. A kernel killed outright leaves its file behind: readers treat a dead pid as gone.
     """
 
-    def __init__(self, controller: Controllable, name: str | None = None,
+    def __init__(self, controller: PanelControl, name: str | None = None,
                  runtime_dir: str | os.PathLike[str] | None = None) -> None:
-        for m in ("state", *_METHOD_OF_ACTION.values()):
-            if not callable(getattr(controller, m, None)):
-                raise TypeError(f"controller: must have a callable {m}(), got {type(controller).__name__}")
+        if not isinstance(controller, PanelControl):
+            missing = ", ".join(f"{m}()" for m in missing_members(controller, PanelControl))
+            raise TypeError(f"controller: must have a callable {missing}; got {type(controller).__name__}")
         self.controller = controller
         self.id = secrets.token_hex(8)
         self.token = secrets.token_urlsafe(32)
-        self.name = str(name or getattr(controller, "name", None) or f"controller-{self.id[:6]}")
+        self.name = str(name or f"controller-{self.id[:6]}")
         self.created = time.time()
         self.kernel_id = current_kernel_id()
         self._closed = False
@@ -317,7 +330,7 @@ class Registration:
 _LIVE: dict[str, Registration] = {}
 
 
-def register(controller: Controllable, name: str | None = None,
+def register(controller: PanelControl, name: str | None = None,
              runtime_dir: str | os.PathLike[str] | None = None) -> Registration:
     """Make ``controller`` visible to the Nexus panel of any Jupyter server of this user; ``close()`` the result
     (or call ``unregister(controller)``) when the controller closes.
@@ -325,7 +338,7 @@ def register(controller: Controllable, name: str | None = None,
     return Registration(controller, name=name, runtime_dir=runtime_dir)
 
 
-def unregister(controller: Controllable) -> int:
+def unregister(controller: PanelControl) -> int:
     """Close every registration of ``controller`` in this process; returns how many were closed."""
     regs = [r for r in list(_LIVE.values()) if r.controller is controller]
     for r in regs:
@@ -333,7 +346,7 @@ def unregister(controller: Controllable) -> int:
     return len(regs)
 
 
-def live_controller(controller_id: str) -> Controllable:
+def live_controller(controller_id: str) -> PanelControl:
     """The controller registered under ``controller_id`` in this process (the kernel side of "open dashboard")."""
     reg = _LIVE.get(controller_id)
     if reg is None:

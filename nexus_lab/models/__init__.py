@@ -5,6 +5,7 @@ inputs with it). Knows nothing of devices, planners or Dask.
 """
 
 from .builtin import register_builtins
+from .sharing import shared_prefix_length
 from .zoo import (
     InputError,
     InputSpec,
@@ -44,5 +45,6 @@ __all__ = [
     "prefix_length",
     "preprocess_image",
     "register_model",
+    "shared_prefix_length",
     "unregister_model",
 ]

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .sharing import shared_prefix_length
+
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
@@ -269,12 +271,10 @@ def _children(spec: ModelSpec, module: torch.nn.Module) -> list[torch.nn.Module]
 
 def prefix_length(group: str) -> int:
     """Leading children shared (identical structure and weights) by every member of ``group``; detected once by
-    hashing (``nexus_lab.planner.prefix.shared_prefix_length``) and cached."""
+    hashing (``nexus_lab.models.sharing.shared_prefix_length``) and cached."""
     with _LOCK:
         if group in _PREFIX_LEN:
             return _PREFIX_LEN[group]
-    from ..planner.prefix import shared_prefix_length
-
     members = _members(group)
     modules = [_instantiate(s) for s in members]
     for s, m in zip(members, modules, strict=True):

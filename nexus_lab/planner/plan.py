@@ -1,4 +1,5 @@
-"""The plan contract (DESIGN.md section 3): GPUs, each with a duty cycle and the batch and rate of every session.
+"""The plan contract (docs/architecture.md section 3): GPUs, each with a duty cycle and the batch and rate of every
+session.
 
 Plain frozen dataclasses with JSON round-trip; consumed by the simulator, the runtime and the widgets alike.
 """

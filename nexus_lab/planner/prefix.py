@@ -1,7 +1,6 @@
 """Prefix batching (Nexus, SOSP 2019, section 6.3): models that share their first layers run that prefix once per
-batch for all of them, then each suffix on its slice of the batch. Detection for torch models, and planning.
-
-Pure and deterministic; torch is imported lazily inside ``shared_prefix_length`` only, so the planner never needs it.
+batch for all of them, then each suffix on its slice of the batch. Planning here; detection for torch models is
+``nexus_lab.models.sharing.shared_prefix_length`` (re-exported). Pure and deterministic; never imports torch.
 
 Planning model. The sessions of one prefix group with one SLO (rates ``R_i``, total ``R``) are packed as ONE
 composite demand: at batch b the prefix runs once on b requests, then every suffix i on its slice
@@ -13,72 +12,22 @@ session (batch b) and one per suffix session (batch ``b_i``, rate its share).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from ..models.sharing import shared_prefix_length
 from ..profiles import ModelProfile
 from ..workload import Workload
 from .plan import Allocation, GpuPlan, PlannedSession
 from .query import stage_cost
 from .squishy import Demand, unservable_reason
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
 __all__ = ["PrefixGroup", "composite_profile", "expand_prefix_gpus", "group_demands", "memory_saved",
            "prefix_profile", "prefix_session_name", "shared_prefix_length", "slice_batch", "suffix_model"]
-
-
-# ---------------------------------------------------------------------------------------------- detection
-def _module_digest(module: torch.nn.Module) -> str:
-    """Structure (the module's repr: types and hyper-parameters) plus every parameter and buffer, bit for bit."""
-    import torch
-
-    h = hashlib.sha256(repr(module).encode())
-    for name, tensor in module.state_dict(keep_vars=False).items():
-        t = tensor.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def shared_prefix_length(modules: Sequence[torch.nn.Module]) -> int:
-    """Number of leading child modules identical in structure and weights across all ``modules``.
-
-    Children are compared in order (``module.children()``) by a hash of their repr, parameters and buffers, so
-    two models fine-tuned from one base share exactly the layers whose weights were frozen. A single module
-    shares all its children with itself.
-
-    Examples
-    --------
-    >>> import torch
-    >>> base = torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.ReLU())
-    >>> a = torch.nn.Sequential(*base, torch.nn.Linear(4, 2))
-    >>> b = torch.nn.Sequential(*base, torch.nn.Linear(4, 3))
-    >>> shared_prefix_length([a, b])
-    2
-    """
-    import torch
-
-    mods = list(modules)
-    if not mods:
-        raise ValueError("modules: must hold at least one torch.nn.Module")
-    for i, m in enumerate(mods):
-        if not isinstance(m, torch.nn.Module):
-            raise ValueError(f"modules[{i}]: must be a torch.nn.Module, got {type(m).__name__}")
-    children = [list(m.children()) for m in mods]
-    n = 0
-    for layer in zip(*children, strict=False):
-        if len({_module_digest(c) for c in layer}) != 1:
-            break
-        n += 1
-    return n
 
 
 # ---------------------------------------------------------------------------------------------- planning

@@ -1,4 +1,4 @@
-"""An independent check of any plan against its workload: every constraint of DESIGN.md section 2.
+"""An independent check of any plan against its workload: every constraint of docs/architecture.md section 2.
 
 Shares no code path with the packers beyond the profile tables, so a packer bug cannot hide behind it.
 """

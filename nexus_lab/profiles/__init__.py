@@ -1,6 +1,6 @@
 """Batch-latency profiles: the measured cost model every planner, simulator and simulated GPU reads.
 
-Pure: no torch import at module load (the profiler imports it lazily), no Dask.
+Pure: no torch, no Dask. The torch profiler that measures them is ``nexus_lab.runtime.profiler``.
 """
 
 from .profile import (

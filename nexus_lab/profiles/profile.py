@@ -1,4 +1,4 @@
-"""Batch-latency profiles of models: the latency model of DESIGN.md section 2.
+"""Batch-latency profiles of models: the latency model of docs/architecture.md section 2.
 
 Pure data and arithmetic over numpy arrays; no torch, no Dask, no I/O beyond parsing text handed to it.
 """

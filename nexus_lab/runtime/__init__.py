@@ -1,5 +1,5 @@
-"""The data plane (DESIGN.md section 1): devices, the GPU backend ``WorkerPlugin``, the frontend dispatcher and the
-load generator. It executes plans and makes no scheduling decisions.
+"""The data plane (docs/architecture.md section 1): devices, the GPU backend ``WorkerPlugin``, the frontend
+dispatcher and the load generator. It executes plans and makes no scheduling decisions.
 
 Importing the package imports neither torch nor distributed; its modules do as they need.
 """

@@ -1,7 +1,8 @@
 """Load generator: open-loop request streams (Poisson, uniform, bursty gamma, trace replay) driven from worker
 processes through their own ``Frontend``, so the notebook is never the bottleneck; reports offered load and outcomes.
 
-Arrival processes are pure seeded functions; only ``run_load``/``start_load`` touch the frontend and the cluster.
+Arrival processes are the simulator's (``nexus_lab.arrivals``); only ``run_load``/``start_load`` touch the frontend
+and the cluster.
 Nothing here plans or batches.
 """
 
@@ -19,51 +20,27 @@ from typing import Any
 
 import numpy as np
 
+from ..arrivals import ARRIVAL_KINDS, generate
+from . import wire
+from .routes import ROUTES_KEY, routes_from_config
+
 __all__ = ["KINDS", "LoadHandle", "arrival_times", "merge_reports", "run_load", "start_load"]
 
-KINDS = ("poisson", "uniform", "bursty", "trace")
+KINDS = ARRIVAL_KINDS
 
 
 def arrival_times(kind: str, rate: float, duration_s: float, *, cv: float = 2.0, trace: Sequence[float] | None = None,
                   seed: int = 0) -> np.ndarray:
-    """Arrival offsets (s, non-decreasing, in ``[0, duration_s)``) of one session's open-loop stream.
-
-    ``poisson``: exponential gaps of mean ``1/rate``; ``uniform``: gaps of exactly ``1/rate``; ``bursty``: gamma
-    gaps with mean ``1/rate`` and coefficient of variation ``cv`` (shape ``1/cv^2``); ``trace``: the given
-    offsets, replayed as recorded (``rate`` ignored).
+    """Arrival offsets (s, non-decreasing, in ``[0, duration_s)``) of one session's open-loop stream: the
+    simulator's arrival processes (``nexus_lab.arrivals.generate``) seeded with ``seed``; ``trace`` offsets are
+    replayed as recorded (``rate`` ignored).
 
     Examples
     --------
     >>> len(arrival_times("uniform", 10.0, 1.0))
     10
     """
-    if kind not in KINDS:
-        raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
-    if duration_s <= 0:
-        raise ValueError(f"duration_s: must be > 0, got {duration_s}")
-    if kind == "trace":
-        if trace is None:
-            raise ValueError("trace: required when kind='trace' (arrival offsets in seconds)")
-        t = np.sort(np.asarray(trace, dtype=float))
-        if t.size and t[0] < 0:
-            raise ValueError("trace: offsets must be >= 0")
-        return t[t < duration_s]
-    if rate < 0:
-        raise ValueError(f"rate: must be >= 0, got {rate}")
-    if rate == 0:
-        return np.zeros(0)
-    n_max = int(rate * duration_s * 1.5 + 20 * np.sqrt(rate * duration_s) + 20)
-    rng = np.random.default_rng(seed)
-    if kind == "uniform":
-        t = np.arange(int(np.ceil(rate * duration_s))) / rate
-    elif kind == "poisson":
-        t = np.cumsum(rng.exponential(1.0 / rate, n_max))
-    else:
-        if cv <= 0:
-            raise ValueError(f"cv: must be > 0, got {cv}")
-        shape = 1.0 / cv**2
-        t = np.cumsum(rng.gamma(shape, 1.0 / (rate * shape), n_max))
-    return t[t < duration_s]
+    return generate(kind, float(rate), float(duration_s), np.random.default_rng(seed), cv=cv, trace=trace)
 
 
 @dataclass(frozen=True)
@@ -80,15 +57,8 @@ class _Plan:
 FOLLOW_POLL_S = 0.5  # how often a following generator checks for new routes (within a backend's drain grace)
 
 
-def _routes_of(config: Mapping[str, Any]) -> dict[str, list[tuple[str, float]]]:
-    """``{"routes": {session: [[address, rate], ...]}}`` (``Frontend.routes_config``, JSON) as ``set_routes`` takes."""
-    return {s: [(str(a), float(w)) for a, w in b] for s, b in config["routes"].items()}
-
-
 def _follow_routes(fe: Any, client: Any, stop: threading.Event) -> None:
     """A generator's thread: install the routes a controller publishes after each apply (newer versions only)."""
-    from .frontend import ROUTES_KEY
-
     seen = -1
     while not stop.wait(FOLLOW_POLL_S):
         try:
@@ -96,7 +66,7 @@ def _follow_routes(fe: Any, client: Any, stop: threading.Event) -> None:
         except Exception:  # a scheduler hiccup: keep the routes we have and try again
             continue
         if meta and int(meta.get("version", -1)) > seen:
-            fe.set_routes(_routes_of(meta), meta["sessions"])
+            fe.set_routes(routes_from_config(meta), meta["sessions"])
             seen = int(meta["version"])
 
 
@@ -148,8 +118,6 @@ def run_load(frontend: Any, rates: Mapping[str, float], duration_s: float, *, ki
     the open loop's wake-ups (one per coalescing window of the frontend: each arrival is handed over stamped with
     its arrival time, from which its latency and deadline count).
     """
-    from .frontend import _input_spec
-
     sessions = frontend.sessions
     for s, r in rates.items():
         if s not in sessions:
@@ -160,7 +128,7 @@ def run_load(frontend: Any, rates: Mapping[str, float], duration_s: float, *, ki
     names = sorted(rates)
     for s in names:
         if s not in payloads:
-            spec = _input_spec(str(sessions[s].get("model", "")))
+            spec = wire.input_spec(str(sessions[s].get("model", "")))
             payloads[s] = None if spec is None else np.zeros(tuple(spec.shape), dtype=spec.dtype)
     times, owners = [], []
     for k, s in enumerate(names):
@@ -341,7 +309,7 @@ def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, 
         cfg = {**cfg.routes_config(), "coalesce_ms": cfg.coalesce_s * 1000.0, "max_coalesce": cfg.max_coalesce}
         follow = True if follow is None else follow
     if isinstance(cfg, Mapping) and "routes" in cfg and "sessions" in cfg:
-        plan = _Plan(_routes_of(cfg), {s: dict(v) for s, v in cfg["sessions"].items()},
+        plan = _Plan(routes_from_config(cfg), {s: dict(v) for s, v in cfg["sessions"].items()},
                      float(cfg.get("coalesce_ms", 1.0)), int(cfg.get("max_coalesce", 64)), bool(follow))
     else:
         raise ValueError("routes_or_frontend_config: must be a Frontend or a dict with 'routes' and 'sessions'")

@@ -3,7 +3,7 @@
 Pure and deterministic under a seed; depends on the planner's data types and numpy only, never on Dask.
 """
 
-from .arrivals import ARRIVAL_KINDS, ArrivalSpec, generate
+from ..arrivals import ARRIVAL_KINDS, ArrivalSpec, generate
 from .engine import BATCH_LATENCIES, BATCHING_POLICIES, simulate
 from .metrics import BatchRecord, GpuMetrics, SessionMetrics, SimResult, Totals
 from .routing import weighted_round_robin

@@ -1,7 +1,7 @@
 """The live dashboard: utilization heatmap, goodput, latency vs SLO, drops, duty-cycle Gantt and placement views.
 
-Reads only the controller's public snapshot (``state()``, ``current_plan``, ``workload``, batch traces) from a
-background thread; holds no scheduling logic and never blocks the kernel.
+Reads only the controller's ``ControllerView`` (``state()``, ``current_plan``, ``workload``, ``traces()``,
+``closed``) from a background thread; holds no scheduling logic and never blocks the kernel.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import ipywidgets as W
 
+from ..controller.protocol import ControllerView
 from . import figures
 from .logic import gantt_bars, last_cycles_window, placement_segments
 
@@ -44,19 +45,6 @@ def nvml_devices() -> list[dict[str, float]] | None:
         return None
 
 
-def _traces_of(ctl: Any) -> Mapping[str, Any]:
-    """The controller's per-worker batch traces (``traces()`` when it has one, else its polled ``_traces``)."""
-    fn = getattr(ctl, "traces", None)
-    if callable(fn):
-        return fn()
-    return dict(getattr(ctl, "_traces", None) or {})
-
-
-def _closed(ctl: Any) -> bool:
-    stop = getattr(ctl, "_stop", None)
-    return bool(getattr(ctl, "closed", False)) or (stop is not None and stop.is_set())
-
-
 class _Box(W.VBox):
     """The dashboard's top widget: closing it stops the refresh thread."""
 
@@ -76,7 +64,7 @@ class Dashboard:
     ``refresh()`` runs one update in the caller's thread (tests and benchmarks use it).
     """
 
-    def __init__(self, ctl: Any, *, interval_s: float = 1.0, history_s: float = 180.0, gantt_cycles: int = 3,
+    def __init__(self, ctl: ControllerView, *, interval_s: float = 1.0, history_s: float = 180.0, gantt_cycles: int = 3,
                  start: bool = True) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s: must be > 0, got {interval_s!r}")
@@ -138,7 +126,7 @@ class Dashboard:
         next_t = time.monotonic()
         while not self._stop.is_set():
             next_t += self.interval_s
-            if _closed(self.ctl) or self.widget.comm is None:
+            if self.ctl.closed or self.widget.comm is None:
                 break
             try:
                 self.refresh()
@@ -179,9 +167,9 @@ class Dashboard:
         metric = {s["name"]: s for s in sessions}
         with self.goodput.batch_update(), self.latency.batch_update(), self.drops.batch_update():
             figures.session_bars_update(self.goodput, self.latency, self.drops, list(metric.values()))
-        plan = getattr(self.ctl, "current_plan", None)
+        plan = self.ctl.current_plan
         window = last_cycles_window(plan, self.gantt_cycles)
-        bars = gantt_bars(_traces_of(self.ctl), lanes, window_s=window)
+        bars = gantt_bars(self.ctl.traces(), lanes, window_s=window)
         with self.gantt.batch_update():
             figures.gantt_update(self.gantt, bars)
         key = (st.get("cluster", {}).get("version"), id(plan))
@@ -223,7 +211,7 @@ def _header_html(st: Mapping[str, Any], nvml: list[dict[str, float]] | None) -> 
     return "<div class='nexus-dashboard-header'>" + " &middot; ".join(parts) + "</div>"
 
 
-def dashboard(ctl: Any, *, interval_s: float = 1.0, history_s: float = 180.0, start: bool = True) -> W.VBox:
+def dashboard(ctl: ControllerView, *, interval_s: float = 1.0, history_s: float = 180.0, start: bool = True) -> W.VBox:
     """The live dashboard of ``ctl`` as a widget (display it); closing it stops its refresh thread.
 
     The ``Dashboard`` object is the widget's ``.dashboard`` attribute.

@@ -1,6 +1,8 @@
-"""Teaching mode: the controller API the widgets use, backed by the pure simulator instead of a Dask cluster.
+"""Teaching mode: a ``ControllerView`` backed by the pure simulator instead of a Dask cluster, so every widget runs
+in a notebook without one.
 
-Depends on the workload editor, the planner and ``nexus_lab.sim`` only; no Dask, no threads, deterministic (seeded).
+Depends on the workload editor, the planner, the controller's placement and snapshot code and ``nexus_lab.sim``
+only; no Dask, no threads, deterministic (seeded).
 """
 
 from __future__ import annotations
@@ -8,38 +10,47 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..controller.edits import WorkloadEditor, base_workload
+from ..controller.placement import assign_gpus
+from ..controller.state import build_state
 from ..planner import Plan, plan_workload
-from ..planner.api import stage_session
+from ..planner.api import check_fill
 from ..workload import Workload, WorkloadError
 
 __all__ = ["SimController"]
+
+
+def _key(gpu: int) -> str:
+    """A sortable worker key for GPU ``gpu`` (``assign_gpus`` orders workers by their names)."""
+    return f"{gpu:06d}"
 
 
 class SimController:
     """Plans like the controller and, on every ``state()``/``stats()`` poll, simulates the next ``window_s`` of the
     applied plan (a fresh seed per poll): utilization, goodput, latency, drops and the batch trace.
 
-    ``gpus`` is the simulated cluster's size; ``apply_plan`` runs a manual placement (the placement editor's).
+    ``gpus`` is the simulated cluster's size; GPU ``i`` of a plan runs on simulated worker ``gpu-i``. Pins
+    (``pin(session, gpu)``) place a session's first GPU on that worker, and re-plans keep the other GPUs where they
+    run. ``apply_plan`` runs a manual placement (the placement editor's) as given.
     """
 
     def __init__(self, gpus: int = 4, device: str = "simulated:titan-x-pascal", *,
-                 workload: Workload | str | Mapping | None = None, policy: str = "nexus", seed: int = 0,
-                 window_s: float = 1.0, history: int = 600) -> None:
+                 workload: Workload | str | Mapping | None = None, policy: str = "nexus", fill: float = 1.0,
+                 seed: int = 0, window_s: float = 1.0, history: int = 600) -> None:
         if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
             raise ValueError(f"gpus: must be an integer >= 1, got {gpus!r}")
         if not window_s > 0:
             raise ValueError(f"window_s: must be > 0, got {window_s!r}")
         wl, pset = base_workload(device, workload)
         self.editor = WorkloadEditor.from_workload(wl, pset)
-        self.device = device
-        self.gpus = gpus
-        self.policy = policy
-        self.seed = int(seed)
-        self.window_s = float(window_s)
-        self.closed = False
+        self.device, self.policy, self._gpus = device, policy, gpus
+        self.fill = check_fill(fill)
+        self.seed, self.window_s = int(seed), float(window_s)  # each poll simulates window_s with a fresh seed
+        self._closed = False
+        self._paused = False
         self._pins: dict[str, int] = {}
         self._plan: Plan | None = None
         self._version = 0
@@ -47,8 +58,15 @@ class SimController:
         self._polls = 0
         self._traces: dict[str, list] = {}
         self._history: deque[dict[str, Any]] = deque(maxlen=int(history))
-        self._last: dict[str, Any] | None = None
         self._plan_listeners: list[Callable[[Plan, int], None]] = []
+
+    @property
+    def gpus(self) -> int:
+        return self._gpus
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     # ------------------------------------------------------------------------------------------ edits
     def add_session(self, model: str, slo_ms: float, rate: float | None = None, name: str | None = None) -> str:
@@ -85,7 +103,13 @@ class SimController:
 
     # ------------------------------------------------------------------------------------------ planning
     def plan(self) -> Plan:
-        return plan_workload(self.workload, self.policy, gpus=self.gpus)
+        """The plan ``apply()`` would run: GPU ids are the simulated workers, pinned sessions on their GPU."""
+        plan = plan_workload(self.workload, self.policy, gpus=self.gpus, fill=self.fill)
+        old = {_key(g.id): g.to_dict() for g in (self._plan.gpus if self._plan else ())}
+        where = assign_gpus(plan, [_key(i) for i in range(self.gpus)], old,
+                            {s: _key(g) for s, g in self._pins.items()})
+        placed = sorted((replace(g, id=int(where[g.id])) for g in plan.gpus), key=lambda g: g.id)
+        return replace(plan, gpus=tuple(placed))
 
     def apply(self) -> Plan:
         return self.apply_plan(self.plan())
@@ -95,7 +119,6 @@ class SimController:
         self._plan = plan
         self._version += 1
         self._planned_at = time.time()
-        self._last = None
         for fn in list(self._plan_listeners):
             fn(plan, self._version)
         return plan
@@ -111,10 +134,11 @@ class SimController:
         self.apply()
 
     def pause(self) -> None:
-        pass
+        """Marks re-planning paused (the simulator re-plans only when asked anyway)."""
+        self._paused = True
 
     def resume(self) -> None:
-        pass
+        self._paused = False
 
     @property
     def current_plan(self) -> Plan | None:
@@ -142,14 +166,17 @@ class SimController:
             self._traces.setdefault(f"gpu-{rec['gpu']}", []).append(
                 (rec["session"], rec["start_s"], rec["end_s"], rec["batch"]))
         self._history.append({"t": time.time(), "sessions": res["sessions"], "gpus": res["gpus"]})
-        self._last = res
         return res
 
     def stats(self, window_s: float | None = None) -> dict[str, Any]:
+        """One simulated window of the applied plan (``window_s`` is the constructor's; the argument is the
+        ``Controller.stats`` signature's). A planned GPU the window did not report is idle."""
         res = self._poll()
-        return {"span_s": res["span_s"], "sessions": res["sessions"],
-                "gpus": {f"gpu-{g}": {"utilization": m["utilization"], "gpu": int(g)} for g, m in res["gpus"].items()},
-                "version": self._version, "plan_gpus": self._plan.num_gpus if self._plan else 0}
+        gpus = {f"gpu-{g}": {"utilization": m["utilization"], "gpu": int(g)} for g, m in res["gpus"].items()}
+        for g in (self._plan.gpus if self._plan else ()):
+            gpus.setdefault(f"gpu-{g.id}", {"utilization": 0.0, "gpu": g.id})
+        return {"span_s": res["span_s"], "sessions": res["sessions"], "gpus": gpus, "version": self._version,
+                "plan_gpus": self._plan.num_gpus if self._plan else 0}
 
     def traces(self) -> dict[str, list]:
         return dict(self._traces)
@@ -158,50 +185,19 @@ class SimController:
         return list(self._history)
 
     def state(self) -> dict[str, Any]:
+        """The snapshot ``Controller.state()`` gives (``build_state``), of one freshly simulated window."""
         st = self.stats()
-        plan, wl = self._plan, self.workload
-        where: dict[str, list[int]] = {}
-        gpus = []
-        for gid in range(self.gpus):
-            g = plan.gpus[gid] if plan is not None and gid < plan.num_gpus else None
-            for a in (g.allocations if g else ()):
-                where.setdefault(a.session, []).append(gid)
-            gpus.append({"worker": f"gpu-{gid}", "gpu": None if g is None else gid,
-                         "duty_cycle_ms": None if g is None else g.duty_cycle_ms,
-                         "occupancy": None if g is None else g.occupancy,
-                         "utilization": st["gpus"].get(f"gpu-{gid}", {}).get("utilization", 0.0 if g else None),
-                         "sessions": [a.session for a in (g.allocations if g else ())],
-                         "allocations": [a.to_dict() for a in (g.allocations if g else ())]})
-        sessions = []
-        for s in wl.sessions:
-            m = st["sessions"].get(s.name, {})
-            sessions.append({"name": s.name, "model": s.model, "slo_ms": s.slo_ms, "rate": s.rate,
-                             "measured": s.name in self.editor.measured, "pinned": self._pins.get(s.name),
-                             "offered_rate": m.get("offered_rate"), "goodput": m.get("goodput"),
-                             "slo_attainment": m.get("slo_attainment"), "drops": m.get("drops", {}),
-                             "latency_p50_ms": m.get("latency_p50_ms"), "latency_p99_ms": m.get("latency_p99_ms"),
-                             "gpus": where.get(s.name, [])})
-        queries = []
-        for q in wl.queries:
-            qp = next((x for x in (plan.queries if plan else ()) if x.name == q.name), None)
-            budgets = {b.name: b.budget_ms for b in qp.stages} if qp else {}
-            queries.append({"name": q.name, "slo_ms": q.slo_ms, "rate": q.rate, "measured": False,
-                            "stages": [{"name": x.name, "model": x.model, "parents": list(x.parents), "gamma": x.gamma,
-                                        "budget_ms": budgets.get(x.name, 0.0),
-                                        "session": stage_session(q.name, x.name),
-                                        "gpus": where.get(stage_session(q.name, x.name), [])} for x in q.stages]})
-        return {"cluster": {"scheduler": "simulator", "workers": self.gpus,
-                            "gpus_used": plan.num_gpus if plan else 0, "device": self.device, "epoch_s": None,
-                            "version": self._version,
-                            "plan_age_s": None if self._planned_at is None else time.time() - self._planned_at,
-                            "paused": False, "dashboard_link": None,
-                            "lower_bound_gpus": plan.lower_bound_gpus if plan else None},
-                "gpus": gpus, "sessions": sessions, "queries": queries,
-                "unserved": [u.to_dict() for u in plan.unserved] if plan else []}
+        plan = self._plan
+        assignment: dict[str, dict | None] = {f"gpu-{i}": None for i in range(self.gpus)}
+        assignment.update({f"gpu-{g.id}": g.to_dict() for g in (plan.gpus if plan else ())})
+        return build_state(self.workload, plan, assignment, st, measured=set(self.editor.measured),
+                           pins=dict(self._pins), version=self._version, planned_at=self._planned_at,
+                           cluster={"scheduler": "simulator", "device": self.device, "epoch_s": None,
+                                    "paused": self._paused, "dashboard_link": None})
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def close(self) -> None:
-        self.closed = True
+        self._closed = True
 
     def __enter__(self) -> SimController:
         return self

@@ -1,6 +1,7 @@
-"""Request arrival processes for the simulator: Poisson, uniform, bursty (gamma) and traces, vectorised with numpy.
+"""Request arrival processes: Poisson, uniform, bursty (gamma) and traces, vectorised with numpy.
 
-Pure functions of a rate, a duration and a seeded generator; no planner, simulator or Dask types.
+One definition for the simulator and the runtime's load generator. Pure functions of a rate, a duration and a
+seeded generator; no planner, simulator or Dask types.
 """
 
 from __future__ import annotations

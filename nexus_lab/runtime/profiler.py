@@ -1,7 +1,8 @@
 """The profiler: measures a ``torch.nn.Module``'s batch latency, its memory and the per-request pre- and
 post-processing on a device, and returns a ``ModelProfile`` (written with ``to_text()``: the Nexus format).
 
-Imports torch lazily (inside the functions); knows nothing of planners, runtimes or Dask.
+Imports torch lazily (inside the functions); knows nothing of planners, backends or Dask. Device strings are
+parsed by ``nexus_lab.runtime.device.spec``.
 """
 
 from __future__ import annotations
@@ -13,14 +14,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .profile import DEFAULT_SAFETY, ModelProfile, ProfileError
+from ..profiles import DEFAULT_SAFETY, ModelProfile, ProfileError
+from .device.spec import resolve_torch_device
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["DEFAULT_BATCHES", "DEVICE_FORMS", "profile_builtin", "profile_module", "resolve_torch_device"]
-
-DEVICE_FORMS = "'cpu', 'cuda', 'cuda:N' or 'simulated:<profile-set>'"
+__all__ = ["DEFAULT_BATCHES", "profile_builtin", "profile_module"]
 
 DEFAULT_BATCHES = (1, 2, 4, 8, 16, 32)
 #: Side of the synthetic decoded frame (uint8, H x W x 3) the pre-processing is measured on.
@@ -227,26 +227,3 @@ def profile_builtin(name: str, device: str = "cpu", batches: Sequence[int] = DEF
                           name=name, dtype=spec.dtype, threads=threads if dev.type == "cpu" else None,
                           preprocess=pre, postprocess=spec.postprocess, progress=progress)
 
-
-def resolve_torch_device(device: str) -> Any:
-    """``cpu`` / ``cuda`` / ``cuda:N`` -> ``torch.device``; a clear ``ValueError`` when cuda is absent."""
-    import torch
-
-    text = str(device)
-    if text == "cpu":
-        return torch.device("cpu")
-    if text == "cuda" or text.startswith("cuda:"):
-        index = 0
-        if text != "cuda":
-            try:
-                index = int(text.split(":", 1)[1])
-            except ValueError:
-                raise ValueError(f"device: {text!r} is not one of {DEVICE_FORMS}") from None
-        if not torch.cuda.is_available():
-            raise ValueError(f"device: {text!r} requested but torch.cuda.is_available() is False on this machine "
-                             f"(torch {torch.__version__}); use 'cpu' or a 'simulated:<profile-set>' device")
-        count = torch.cuda.device_count()
-        if not 0 <= index < count:
-            raise ValueError(f"device: {text!r} out of range; this machine has cuda:0..cuda:{count - 1}")
-        return torch.device("cuda", index)
-    raise ValueError(f"device: {text!r} is not one of {DEVICE_FORMS}")

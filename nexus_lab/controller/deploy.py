@@ -1,0 +1,226 @@
+"""The deployed plan: the workload editor, pins, the plan the backends run and on which workers, and applying a new
+plan as the difference (load first, switch routes, drain, unload) with notifications to the views that follow it.
+
+Depends on the planner, the placement maths, the cluster I/O and a frontend's ``set_routes``; no threads of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from ..planner import Plan, plan_workload, validate
+from ..planner.api import session_profiles
+from ..workload import Workload
+from .edits import WorkloadEditor, planned_rates
+from .placement import assign_gpus, routes_of, transition, worker_gpus
+from .rpc import Adopted, ClusterIO
+
+logger = logging.getLogger("nexus_lab.controller")
+
+__all__ = ["ApplyError", "Deployment"]
+
+
+class ApplyError(RuntimeError):
+    """Some backends refused their part of a plan (e.g. a device out of memory); they keep their old part."""
+
+
+def session_table(plan: Plan, wl: Workload) -> dict[str, dict[str, Any]]:
+    """The frontend's and backends' info of every planned session: model, SLO, budget and what follows a batch."""
+    profiles = session_profiles(plan, wl)
+    out = {}
+    for s in plan.sessions:
+        prof = profiles.get(s.session)
+        budget = prof.budget_ms(s.slo_ms, wl.net_ms) if prof is not None else s.slo_ms
+        out[s.session] = {"model": s.model, "slo_ms": float(s.slo_ms), "budget_ms": float(budget)}
+        if prof is not None:  # what the backend keeps back after a batch (the rest of L - L' is spent before)
+            out[s.session].update(post_ms=float(prof.postprocess_ms), net_ms=float(wl.net_ms))
+    return out
+
+
+class Deployment:
+    """The plan state one controller owns, guarded by ``lock``; ``apply`` is serialized by its own lock.
+
+    ``event(kind, **data)`` records what happened (the controller's event log).
+    """
+
+    def __init__(self, io: ClusterIO, frontend: Any, editor: WorkloadEditor, *, policy: str, fill: float,
+                 event: Callable[..., None]) -> None:
+        self.io = io
+        self.frontend = frontend
+        self.editor = editor
+        self.policy = policy
+        self.fill = fill
+        self.lock = threading.RLock()  # guards the editor, pins, plan and current assignment
+        self._apply_lock = threading.Lock()
+        self._event = event
+        self.pins: dict[str, str] = {}
+        self.plan: Plan | None = None
+        self.version = 0
+        self.current: dict[str, dict | None] = {}  # worker -> the GPU plan (dict) it runs
+        self.sessions: dict[str, dict[str, Any]] = {}  # the routed sessions' table
+        self.planned_at: float | None = None
+        self.planned_measured: dict[str, float] = {}  # measured rates at the last plan (the move threshold's base)
+        self._listeners: list[Callable[[Plan, int], None]] = []
+
+    # ------------------------------------------------------------------------------------------ adoption
+    def adopt(self, adopted: Adopted | None) -> None:
+        """Take over what the backends already run (a controller re-attaching): routes, plan and workload."""
+        if adopted is None:
+            return
+        with self.lock:
+            self.editor = adopted.editor
+            self.plan, self.pins = adopted.plan, dict(adopted.pins)
+            self.current, self.version = dict(adopted.current), adopted.version
+            self.sessions = dict(adopted.sessions)
+            self.planned_at = time.time()
+            self.planned_measured = planned_rates(self.editor.workload())
+            routes = routes_of(self.current)
+        self.frontend.set_routes(routes, dict(self.sessions))
+        self._event("adopted", version=self.version, workers=sum(g is not None for g in adopted.current.values()))
+
+    def drop_workers(self, gone: set[str]) -> None:
+        """Stop routing to lost workers at once (the next re-plan moves their sessions)."""
+        with self.lock:
+            for w in gone:
+                self.current.pop(w, None)
+            routes = {s: r for s, r in routes_of(self.current).items() if s in self.sessions}
+            table = dict(self.sessions)
+        self.frontend.set_routes(routes, table)
+
+    # ------------------------------------------------------------------------------------------ listeners
+    def on_plan(self, listener: Callable[[Plan, int], None]) -> Callable[[], None]:
+        """Call ``listener(plan, version)`` after every applied plan; returns a function that unsubscribes it."""
+        if not callable(listener):
+            raise TypeError(f"listener: must be callable, got {type(listener).__name__}")
+        with self.lock:
+            self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            with self.lock:
+                if listener in self._listeners:
+                    self._listeners.remove(listener)
+        return unsubscribe
+
+    @property
+    def listeners(self) -> int:
+        with self.lock:
+            return len(self._listeners)
+
+    def _notify(self, version: int) -> None:
+        with self.lock:
+            plan, current, listeners = self.plan, self.version, list(self._listeners)
+        if plan is None or current != version:  # a newer apply notifies for itself
+            return
+        for fn in listeners:
+            try:
+                fn(plan, version)
+            except Exception:
+                logger.exception("plan listener %r failed", fn)
+
+    # ------------------------------------------------------------------------------------------ applying
+    def preview(self) -> Plan:
+        """The plan ``apply()`` would run now, on as many GPUs as the cluster has workers."""
+        workers = self.io.workers()
+        if not workers:
+            raise RuntimeError("cluster: no workers")
+        with self.lock:
+            wl = self.editor.workload()
+        return plan_workload(wl, self.policy, gpus=len(workers), fill=self.fill)
+
+    def apply(self, given: Plan | None = None) -> Plan:
+        """Plan now (or validate ``given``) and apply only the difference; listeners hear of a new version after
+        the apply lock is released. Raises ``ApplyError`` when backends refused their part."""
+        before = self.version
+        try:
+            with self._apply_lock:
+                return self._apply(given)
+        finally:
+            if self.version != before:
+                self._notify(self.version)
+
+    def _apply(self, given: Plan | None) -> Plan:
+        started = time.time()
+        workers = self.io.workers()
+        if not workers:
+            raise RuntimeError("cluster: no workers")
+        with self.lock:
+            wl = self.editor.workload()
+            pins = dict(self.pins)
+            old = {w: self.current.get(w) for w in workers}
+        if given is None:
+            plan = plan_workload(wl, self.policy, gpus=len(workers), fill=self.fill)
+        else:
+            if given.num_gpus > len(workers):
+                raise ValueError(f"plan.gpus: {given.num_gpus} GPUs, but the cluster has {len(workers)} workers")
+            validate(given, wl)
+            plan = given
+        new = worker_gpus(plan, assign_gpus(plan, workers, old, pins), workers)
+        tr = transition(old, new)
+        sessions = session_table(plan, wl)
+        version = self.version + 1
+        groups = [dict(g) for g in plan.prefix_groups]
+
+        def run(step: Sequence[str]) -> dict[str, str]:
+            calls = {w: ("nexus_apply", {"gpu": new[w], "sessions": sessions, "version": version,
+                                         "prefix_groups": groups}) for w in step}
+            errors = {}
+            for w, r in self.io.call(calls).items():
+                err = r if isinstance(r, Exception) else (r or {}).get("error")
+                if err:
+                    errors[w] = str(err)
+            return errors
+
+        actual = dict(old)
+        errors = run(tr.first)
+        actual.update({w: new[w] for w in tr.first if w not in errors})
+        table = {**self.sessions, **sessions}
+        mid = {s: [x for x in r if x[0] not in errors] for s, r in tr.mid_routes.items() if s in table}
+        self.frontend.set_routes(mid, table)
+        err2 = run(tr.second)
+        errors.update(err2)
+        actual.update({w: new[w] for w in tr.second if w not in err2})
+        final = routes_of(actual)
+        with self.lock:
+            self.current = actual
+            self.plan = plan
+            self.version = version
+            self.sessions = {s: table[s] for s in final if s in table}
+            self.planned_at = time.time()
+            self.planned_measured = planned_rates(wl)
+            routed = dict(self.sessions)
+        self.frontend.set_routes({s: r for s, r in final.items() if s in table}, routed)
+        self._publish(wl, plan, version)
+        self._event("applied", version=version, gpus=plan.num_gpus, moved=list(tr.changed), errors=errors,
+                    started=started)
+        if errors:
+            raise ApplyError("; ".join(f"{w}: {e}" for w, e in sorted(errors.items())))
+        return plan
+
+    def _publish(self, wl: Workload, plan: Plan, version: int) -> None:
+        from ..runtime.frontend import ROUTES_KEY
+
+        with self.lock:
+            meta = {"workload": wl.to_dict(), "plan": plan.to_dict(), "version": version,
+                    "measured": sorted(self.editor.measured), "pins": dict(self.pins)}
+        self.io.publish(ROUTES_KEY, {"version": version, **self.frontend.routes_config()}, meta)
+
+    def set_batch_floor(self, on: bool | None) -> dict[str, dict[str, int]]:
+        """Switch every backend's batch floor live; each backend tells its frontends its new holds on its stream.
+        Returns each worker's ``{session: floor}``; a worker that failed raises ``ApplyError``."""
+        replies = self.io.call({w: ("nexus_configure", {"batch_floor": on}) for w in self.io.workers()})
+        bad = {w: r for w, r in replies.items() if not isinstance(r, dict)}
+        if bad:
+            raise ApplyError(f"set_batch_floor failed on {sorted(bad)}: {next(iter(bad.values()))!r}")
+        return {w: dict(r["floors"]) for w, r in replies.items()}
+
+    def assignment(self) -> dict[str, dict | None]:
+        with self.lock:
+            return dict(self.current)
+
+    def sessions_served(self) -> dict[str, dict[str, Any]]:
+        with self.lock:
+            return dict(self.sessions)

@@ -1,0 +1,207 @@
+"""The epoch loop: poll the backends' stats windows, fold arrivals into the rate monitor, and re-plan when the epoch
+is over, a measured rate rose past the threshold, workers joined or left, or a re-plan was asked for.
+
+Owns the loop thread, the bounded stats history and the latest batch traces; plans through the ``Deployment``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..planner.api import stage_session
+from .deploy import Deployment
+from .edits import INITIAL_RATE
+from .rates import RateMonitor, moved
+from .rpc import ClusterIO
+from .stats import arrivals_of, strip_window
+
+logger = logging.getLogger("nexus_lab.controller")
+
+__all__ = ["EpochLoop", "EpochSettings"]
+
+TRACE_KEEP = 500  # batch-trace records kept per worker (the dashboard's Gantt view draws the last few cycles)
+
+
+@dataclass
+class EpochSettings:
+    """When the loop polls (``poll_s``) and re-plans: every ``epoch_s``, or when a measured rate rose by more than
+    ``rate_threshold`` (relative); measured rates are planned ``headroom`` higher."""
+
+    epoch_s: float = 30.0
+    poll_s: float = 1.0
+    rate_threshold: float = 0.2
+    headroom: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name, val in (("epoch_s", self.epoch_s), ("poll_s", self.poll_s), ("rate_threshold", self.rate_threshold)):
+            if not (isinstance(val, (int, float)) and val > 0):
+                raise ValueError(f"{name}: must be a number > 0, got {val!r}")
+        if not (isinstance(self.headroom, (int, float)) and self.headroom >= 0):
+            raise ValueError(f"headroom: must be >= 0, got {self.headroom!r}")
+
+
+class EpochLoop:
+    """Measure and re-plan, every ``poll_s`` on a daemon thread once ``start``ed, or one ``tick`` at a time."""
+
+    def __init__(self, io: ClusterIO, deployment: Deployment, settings: EpochSettings, *, history: int,
+                 workers: set[str], event: Callable[..., None]) -> None:
+        self.io = io
+        self.deployment = deployment
+        self.settings = settings
+        self.monitor = RateMonitor()
+        self.history: deque[dict[str, Any]] = deque(maxlen=int(history))
+        self._traces: dict[str, list] = {}
+        self._event = event
+        self._stop = threading.Event()
+        self._replan = threading.Event()
+        self.paused = False
+        self.known_workers = set(workers)  # a change re-plans
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------------------------------------ the thread
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="nexus-epoch", daemon=True)
+        self._thread.start()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    @property
+    def threaded(self) -> bool:
+        """Whether re-plans run on the loop thread (else ``request`` must apply at once)."""
+        return self._thread is not None
+
+    @property
+    def stopped(self) -> bool:
+        return self._stop.is_set()
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def request(self) -> None:
+        """Re-plan at the next poll."""
+        self._replan.set()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.settings.poll_s):
+            try:
+                self.tick()
+            except Exception as exc:  # the loop must outlive a failed poll (e.g. a worker dying mid-call)
+                if not self._stop.is_set():
+                    logger.warning("epoch loop: %s", exc, exc_info=True)
+                    self._event("error", error=str(exc))
+
+    # ------------------------------------------------------------------------------------------ one poll
+    def tick(self) -> str | None:
+        """One poll: collect stats, fold arrivals into the rate monitor, and re-plan when due. Returns why it
+        re-planned, or None."""
+        workers = self.io.workers()
+        reason = None
+        gone = self.known_workers - set(workers)
+        if set(workers) != self.known_workers:
+            reason = f"workers changed (+{len(set(workers) - self.known_workers)} -{len(gone)})"
+            self.known_workers = set(workers)
+        if gone:
+            self.deployment.drop_workers(gone)
+        self.collect(workers)
+        if self._replan.is_set():
+            reason = reason or "requested"
+        if self.paused and not gone:
+            return None
+        dep = self.deployment
+        if reason is None and dep.planned_at is not None and time.time() - dep.planned_at >= self.settings.epoch_s:
+            reason = "epoch"
+        if reason is None:
+            changed = moved(dep.planned_measured, self.measured_rates(), self.settings.rate_threshold,
+                             up_only=True)
+            if changed:
+                reason = "rate moved: " + ", ".join(changed)
+        if reason is None:
+            return None
+        self._replan.clear()
+        with dep.lock:
+            for name, r in self.measured_rates().items():
+                dep.editor.set_measured(name, max(r, INITIAL_RATE) * (1 + self.settings.headroom))
+            self._measure_fanout()
+            if not dep.editor.names():
+                dep.planned_at = time.time()
+                return None
+        dep.apply()
+        with dep.lock:
+            # What the move threshold compares against: the measured rates, without the headroom.
+            dep.planned_measured.update({n: max(r, INITIAL_RATE) for n, r in self.measured_rates().items()})
+        self._event("replan", reason=reason)
+        return reason
+
+    def collect(self, workers: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Poll every backend's stats window once; keep it in the bounded history and feed the rate monitor."""
+        workers = list(workers if workers is not None else self.io.workers())
+        replies = self.io.call({w: ("nexus_stats", {}) for w in workers}, timeout=10.0)
+        windows = []
+        for w, r in replies.items():
+            if isinstance(r, dict):
+                windows.append(strip_window(w, r))
+                if r.get("trace"):
+                    self._traces[w] = list(r["trace"])[-TRACE_KEEP:]
+        if not windows:
+            return []
+        arrivals, span = arrivals_of(windows)
+        with self.deployment.lock:
+            names = set(self.deployment.editor.measured)
+            queries = dict(self.deployment.editor.queries)
+        keyed: dict[str, float] = {}
+        for n in names:
+            if n in queries:
+                roots = [st for st in queries[n].stages if not st.parents]
+                counts = [arrivals.get(stage_session(n, st.name), 0) / st.gamma for st in roots]
+                keyed[n] = max(counts) if counts else 0.0
+                # Every stage's own arrivals too: their ratios are the measured fan-outs (gamma).
+                for st in queries[n].stages:
+                    keyed[stage_session(n, st.name)] = arrivals.get(stage_session(n, st.name), 0)
+            else:
+                keyed[n] = arrivals.get(n, 0)
+        self.monitor.observe(keyed, span, sessions=set(keyed))
+        self.history.extend(windows)
+        return windows
+
+    def _measure_fanout(self) -> None:
+        """Set each measured query's stage fan-outs to the measured ratio of stage to parent arrivals."""
+        editor = self.deployment.editor
+        for qname in sorted(editor.measured & set(editor.queries)):
+            for st in editor.queries[qname].stages:
+                if len(st.parents) != 1:
+                    continue
+                child = self.monitor.rate(stage_session(qname, st.name))
+                parent = self.monitor.rate(stage_session(qname, st.parents[0]))
+                if child is not None and parent is not None and parent >= INITIAL_RATE and child > 0:
+                    editor.set_measured_gamma(qname, st.name, child / parent)
+
+    def measured_rates(self) -> dict[str, float]:
+        """Moving-average arrival rate (req/s) of every session and query whose rate is measured."""
+        with self.deployment.lock:
+            names = set(self.deployment.editor.measured)
+        return {n: r for n, r in self.monitor.rates().items() if n in names}
+
+    def windows(self, window_s: float | None, since: float | None = None) -> list[dict[str, Any]]:
+        """The kept stats windows of the last ``window_s`` seconds (None: all), or those from ``since`` on."""
+        wins = list(self.history)
+        if since is not None:
+            # A window that began at most one poll before ``since`` counts (its reset preceded the caller's clock).
+            return [w for w in wins if w["t0"] >= since - self.settings.poll_s and w["t1"] > since]
+        if window_s is not None:
+            now = time.time()
+            return [w for w in wins if w["t1"] >= now - window_s]
+        return wins
+
+    def traces(self) -> dict[str, list]:
+        """The latest batch trace of every worker (``(session, start_s, end_s, batch)`` records)."""
+        return {w: list(t) for w, t in list(self._traces.items())}

@@ -1,0 +1,180 @@
+"""The placement editor: the plan as a GPU x session grid of batch sizes; moves and batch edits are checked against
+every constraint (``planner.validate``) as you edit; Apply runs the manual placement, "Automatic" re-plans.
+
+Widgets only: ``planner.manual`` edits and judges placements; the controller applies them.
+"""
+
+from __future__ import annotations
+
+import html
+
+import ipywidgets as W
+
+from ..controller.protocol import ControllerView
+from ..planner import Plan
+from ..planner.manual import edit_placement, placement_violations
+from ..workload import WorkloadError
+from . import figures
+from .edit_common import follow, msg, widget_of
+from .logic import placement_grid, placement_segments, session_gpus
+
+__all__ = ["PlacementEditor", "placement_editor"]
+
+
+class PlacementEditor:
+    """The plan as a GPU x session grid of batch sizes; move a session between GPUs or change a batch, see every
+    violated constraint (``planner.validate``) as you edit; Apply pushes the manual placement, "Automatic" hands
+    control back to the planner."""
+
+    def __init__(self, ctl: ControllerView) -> None:
+        self.ctl = ctl
+        self.moves: dict[str, tuple[int, int]] = {}
+        self.batches: dict[tuple[int, str], int] = {}
+        self.violations: list[str] = []
+        self.edited: Plan | None = None
+        self.grid = W.GridBox()
+        self.view = figures.placement_figure()
+        self.view.layout.width = 560
+        self.session_dd = W.Dropdown(description="move")
+        self.src_dd = W.Dropdown(description="from GPU", layout=W.Layout(width="160px"))
+        self.dst_dd = W.Dropdown(description="to GPU", layout=W.Layout(width="160px"))
+        self.move_button = W.Button(description="Move")
+        self.apply_button = W.Button(description="Apply", button_style="primary", icon="check")
+        self.auto_button = W.Button(description="Automatic", icon="refresh")
+        self.feasible = W.HTML()
+        self.status = W.HTML()
+        self.move_button.on_click(lambda _: self.move(self.session_dd.value, self.src_dd.value, self.dst_dd.value))
+        self.apply_button.on_click(lambda _: self.apply())
+        self.auto_button.on_click(lambda _: self.automatic())
+        self.session_dd.observe(lambda _ch: self._sources(), names="value")
+        self.widget = W.VBox([W.HBox([self.grid, self.view]),
+                              W.HBox([self.session_dd, self.src_dd, self.dst_dd, self.move_button]),
+                              self.feasible, W.HBox([self.apply_button, self.auto_button]), self.status])
+        self.widget.add_class("nexus-placement-editor")
+        self.reload()
+        follow(ctl, self)
+
+    def on_plan(self, version: int) -> None:
+        """The cluster re-planned: the grid shows the new plan, pending edits re-checked against it (an edit that
+        names a GPU or session the new plan lacks is dropped)."""
+        _gpus, _sessions, cells = placement_grid(self._base())
+        self.batches = {k: v for k, v in self.batches.items() if k in cells}
+        self.moves = {n: (src, dst) for n, (src, dst) in self.moves.items() if (src, n) in cells}
+        self._update()
+        if self.moves or self.batches:
+            self.status.value = msg(f"the cluster re-planned (plan v{version}); your edits are checked against it",
+                                     True)
+
+    def _base(self) -> Plan:
+        plan = self.ctl.current_plan
+        return plan if plan is not None else self.ctl.plan()
+
+    def reload(self) -> None:
+        self.moves.clear()
+        self.batches.clear()
+        self._update()
+
+    def move(self, session: str, src: int, dst: int) -> list[str]:
+        """Move ``session``'s allocation on GPU ``src`` to GPU ``dst``; returns the violations."""
+        return self._try(moves={**self.moves, session: (src, dst)}, batches=self.batches)
+
+    def set_batch(self, gpu: int, session: str, batch: int) -> list[str]:
+        """Change the batch of ``session`` on GPU ``gpu``; returns the violations."""
+        return self._try(moves=self.moves, batches={**self.batches, (gpu, session): batch})
+
+    def _try(self, moves: dict[str, tuple[int, int]], batches: dict[tuple[int, str], int]) -> list[str]:
+        """Keep an edit only if it names a real session and GPU; a malformed one is refused with the reason."""
+        try:
+            edit_placement(self._base(), self.ctl.workload, moves=moves, batches=batches)
+        except WorkloadError as exc:
+            self.feasible.value = msg(f"refused: {exc}", False)
+            return [str(exc)]
+        self.moves, self.batches = dict(moves), dict(batches)
+        return self._update()
+
+    def _update(self) -> list[str]:
+        base = self._base()
+        wl = self.ctl.workload
+        try:
+            self.edited = edit_placement(base, wl, moves=self._live_moves(base), batches=self.batches)
+            self.violations = placement_violations(self.edited, wl)
+        except WorkloadError as exc:
+            self.edited, self.violations = None, [str(exc)]
+        plan = self.edited or base
+        gpus, sessions, cells = placement_grid(plan)
+        cols = len(sessions) + 1
+        items: list[W.Widget] = [W.HTML("<b>GPU</b>")] + [W.HTML(f"<b>{html.escape(s)}</b>") for s in sessions]
+        for g in gpus:
+            items.append(W.HTML(f"GPU {g}"))
+            for s in sessions:
+                if (g, s) in cells:
+                    box = W.BoundedIntText(value=cells[(g, s)], min=1, max=4096, layout=W.Layout(width="80px"))
+                    box.observe(lambda ch, g=g, s=s: self.set_batch(g, s, int(ch["new"])), names="value")
+                    items.append(box)
+                else:
+                    items.append(W.HTML("&middot;"))
+        self.grid.children = items
+        self.grid.layout = W.Layout(grid_template_columns=f"70px repeat({cols - 1}, 100px)")
+        with self.view.batch_update():
+            figures.placement_update(self.view, placement_segments(plan, wl), [(g.id, g.occupancy)
+                                                                               for g in plan.gpus])
+        names = sorted({s for _, s in cells})
+        if list(self.session_dd.options) != names:
+            self.session_dd.options = names
+        if self.session_dd.value is None and names:
+            self.session_dd.value = names[0]
+        if list(self.dst_dd.options) != gpus:
+            self.dst_dd.options = gpus
+        if self.dst_dd.value is None and gpus:
+            self.dst_dd.value = gpus[0]
+        self._sources()
+        if self.violations:
+            self.feasible.value = ("<div class='nexus-violations' style='color:#d62728'>infeasible:<ul>" + "".join(
+                f"<li>{html.escape(v)}</li>" for v in self.violations) + "</ul></div>")
+        else:
+            self.feasible.value = msg("feasible", True)
+        self.apply_button.disabled = bool(self.violations) or not (self.moves or self.batches)
+        return list(self.violations)
+
+    def _live_moves(self, base: Plan) -> dict[str, tuple[int, int]]:
+        ids = {g.id for g in base.gpus}
+        return {s: m for s, m in self.moves.items() if m[0] in ids and m[1] in ids}
+
+    def _sources(self) -> None:
+        plan = self.edited or self._base()
+        s = self.session_dd.value
+        src = session_gpus(plan).get(s, []) if s else []
+        if list(self.src_dd.options) != src:
+            self.src_dd.options = src
+        if self.src_dd.value is None and src:
+            self.src_dd.value = src[0]
+
+    def apply(self) -> Plan | None:
+        """Run the edited placement (``ctl.apply_plan``) and pause re-planning: it holds until "Automatic"."""
+        viol = self._update()
+        if viol or self.edited is None:
+            self.status.value = msg("not applied: the placement is infeasible", False)
+            return None
+        try:
+            self.ctl.pause()  # the epoch loop must not re-plan a manual placement away
+            plan = self.ctl.apply_plan(self.edited)
+        except Exception as exc:  # a backend refusing its part
+            self.status.value = msg(f"apply failed: {exc}", False)
+            return None
+        self.status.value = msg(f"manual placement applied (plan v{self.ctl.version})", True)
+        self.reload()
+        return plan
+
+    def automatic(self) -> Plan:
+        """Hand placement back to the planner: drop pins and manual edits, re-plan and apply."""
+        for s in [x.name for x in self.ctl.workload.sessions]:
+            self.ctl.unpin(s)
+        self.ctl.resume()
+        plan = self.ctl.apply()
+        self.status.value = msg(f"automatic placement (plan v{self.ctl.version})", True)
+        self.reload()
+        return plan
+
+
+def placement_editor(ctl: ControllerView) -> W.VBox:
+    return widget_of(PlacementEditor(ctl))
