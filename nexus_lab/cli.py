@@ -34,6 +34,13 @@ def _positive_float(text: str) -> float:
     return val
 
 
+def _max_gpus(parser: argparse.ArgumentParser) -> None:
+    from .planner.bounds import DEFAULT_MAX_GPUS
+
+    parser.add_argument("--max-gpus", type=_positive_int, default=DEFAULT_MAX_GPUS,
+                        help="refuse a workload that needs more GPUs than this (default %(default)s)")
+
+
 def _policies() -> list[str]:
     from .planner import policies
 
@@ -50,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus", type=_positive_int, default=None, help="fit this many GPUs (scales every rate down)")
     p.add_argument("--split", default="dp", choices=["dp", "even"], help="query SLO split")
     p.add_argument("--json", action="store_true", help="print exactly the plan JSON contract")
+    _max_gpus(p)
 
     s = sub.add_parser("simulate", help="plan, then run the plan in the discrete-event simulator")
     s.add_argument("workload")
@@ -62,6 +70,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-latency", default="measured", choices=list(BATCH_LATENCIES),
                    help="a batch lasts the profile's measured latency (default) or the inflated planning l(b)")
     s.add_argument("--json", action="store_true", help="print the plan and the metrics as JSON")
+    _max_gpus(s)
 
     pr = sub.add_parser("profile", help="measure a built-in torch model's batch latency profile")
     pr.add_argument("model", help="a model of the built-in zoo")
@@ -85,7 +94,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     from .report import plan_report
 
     wl = load_workload(args.workload)
-    plan = plan_workload(wl, args.policy, args.gpus, split=args.split)
+    plan = plan_workload(wl, args.policy, args.gpus, split=args.split, max_gpus=args.max_gpus)
     validate(plan, wl)
     print(plan.to_json() if args.json else plan_report(plan))
     return 0
@@ -97,7 +106,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     from .sim import simulate
 
     wl = load_workload(args.workload)
-    plan = plan_workload(wl, args.policy, args.gpus, split=args.split)
+    plan = plan_workload(wl, args.policy, args.gpus, split=args.split, max_gpus=args.max_gpus)
     # With --gpus the plan serves a fraction of every rate; offer the full rates so the excess shows as drops.
     rates = ({s.session: s.rate / plan.rate_fraction for s in plan.sessions}
              if 0 < plan.rate_fraction < 1 else None)
@@ -145,6 +154,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; bad input exits 2 naming the field, a plan that fails its own check exits 1."""
+    from .planner import PlanInvalid
+
     args = build_parser().parse_args(argv)
     handler = {"plan": _cmd_plan, "simulate": _cmd_simulate, "profile": _cmd_profile, "bench": _cmd_bench,
                "demo": _cmd_demo}[args.command]
@@ -153,6 +165,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (WorkloadError, ProfileError, ValueError) as exc:
         print(f"nexus-lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except PlanInvalid as exc:
+        print(f"nexus-lab {args.command}: internal error: the plan fails its check (please report): {exc}",
+              file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
 

@@ -87,7 +87,8 @@ def main(quick: bool = False) -> int:
     ctl = start(gpus=gpus, device="simulated:titan-x-pascal", workload=workload_path(), epoch_s=epoch_s,
                 poll_s=1.0, silence_logs=logging.CRITICAL)
     try:
-        print(f"dashboard: {ctl.client.dashboard_link}")
+        print(f"scheduler: {ctl.client.scheduler.address} (TLS, loopback only); "
+              f"dashboard: {ctl.client.dashboard_link}")
         wl = ctl.workload
         session_rates = {s.name: s.rate for s in wl.sessions}
         query_rates = {q.name: q.rate for q in wl.queries}

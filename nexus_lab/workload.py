@@ -5,19 +5,15 @@ Pure data and validation; reads a YAML/JSON file at most. Every error names the 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .fields import WorkloadError, as_list, fmt, label, number, read_document, text, unknown
 from .profiles import DEFAULT_NET_MS, DEFAULT_SAFETY, ModelProfile, ProfileError, load_profile
-from .profiles.registry import builtin_profiles
-
-
-class WorkloadError(ValueError):
-    """A workload or edit that cannot be planned; the message starts with the field path."""
+from .profiles.registry import builtin_profiles, load_prefix
 
 
 @dataclass(frozen=True)
@@ -56,7 +52,7 @@ class SessionSpec:
 
     def __post_init__(self) -> None:
         if not self.name:
-            object.__setattr__(self, "name", f"{self.model}:{_fmt(self.slo_ms)}")
+            object.__setattr__(self, "name", f"{self.model}:{fmt(self.slo_ms)}")
 
 
 @dataclass(frozen=True)
@@ -131,10 +127,10 @@ class Workload:
         """A JSON-able form that ``Workload.from_dict`` reads back (profiles inline as text-equivalent tables)."""
         models = []
         for m in self.models.values():
-            entry: dict[str, Any] = {"name": m.name, "profile": _profile_dict(m.profile)}
+            entry: dict[str, Any] = {"name": m.name, "profile": m.profile.to_inline()}
             if m.prefix is not None:
-                entry["prefix"] = {"group": m.prefix.group, "profile": _profile_dict(m.prefix.prefix),
-                                   "suffix_profile": _profile_dict(m.prefix.suffix)}
+                entry["prefix"] = {"group": m.prefix.group, "profile": m.prefix.prefix.to_inline(),
+                                   "suffix_profile": m.prefix.suffix.to_inline()}
             models.append(entry)
         return {
             "device": {"name": self.device.name, "memory_mb": self.device.memory_mb},
@@ -153,98 +149,51 @@ class Workload:
         return parse_workload(raw, base_dir)
 
 
-def _profile_dict(p: ModelProfile) -> dict[str, Any]:
-    return {
-        "device": p.device,
-        "latency_ms": {int(b): float(v) / 1000 for b, v in zip(p.batches, p.latency_us, strict=True)},
-        "std_ms": {int(b): float(v) / 1000 for b, v in zip(p.batches, p.std_us, strict=True)},
-        "memory_mb": {int(b): float(v) / 2**20 for b, v in zip(p.batches, p.memory_bytes, strict=True)},
-        "preprocess_ms": {"mean": p.preprocess_us[0] / 1000, "std": p.preprocess_us[1] / 1000},
-        "postprocess_ms": {"mean": p.postprocess_us[0] / 1000, "std": p.postprocess_us[1] / 1000},
-    }
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
-
-
 def topological(stages: Sequence[StageSpec]) -> list[StageSpec]:
-    """Stages ordered parents first; raises on unknown parents and cycles."""
+    """Stages ordered parents first (depth first, in declaration order); raises on unknown parents and cycles.
+
+    Iterative, so a chain of thousands of stages needs no deep recursion."""
     by_name = {s.name: s for s in stages}
     order: list[StageSpec] = []
-    state: dict[str, int] = {}
-
-    def visit(name: str, trail: tuple[str, ...]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            raise WorkloadError(f"stages: cycle through {' -> '.join((*trail, name))}")
-        state[name] = 1
-        for p in by_name[name].parents:
-            if p not in by_name:
-                raise WorkloadError(f"stages[{name}].parent: unknown stage {p!r}")
-            visit(p, (*trail, name))
-        state[name] = 2
-        order.append(by_name[name])
-
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
     for s in stages:
-        visit(s.name, ())
+        if state.get(s.name) == 2:
+            continue
+        state[s.name] = 1
+        path = [[s.name, 0]]
+        while path:
+            top = path[-1]
+            parents = by_name[top[0]].parents
+            if top[1] == len(parents):
+                path.pop()
+                state[top[0]] = 2
+                order.append(by_name[top[0]])
+                continue
+            p = parents[top[1]]
+            top[1] += 1
+            if p not in by_name:
+                raise WorkloadError(f"stages[{top[0]}].parent: unknown stage {p!r}")
+            if state.get(p) == 1:
+                raise WorkloadError(f"stages: cycle through {' -> '.join([*(n for n, _ in path), p])}")
+            if state.get(p) is None:
+                state[p] = 1
+                path.append([p, 0])
     return order
 
 
 # ---------------------------------------------------------------------------------------------- parsing
+#: Most sessions plus query stages, and most query stages (each costs a DP of a few ms): the planner's bound.
+MAX_UNITS, MAX_STAGES = 100_000, 500
+SAFETY_RANGE = (0.1, 100.0)
+
+
 def load_workload(source: str | Path | Mapping) -> Workload:
     """Read a workload from a YAML/JSON file path or a mapping, validating every field."""
     if isinstance(source, Mapping):
         return parse_workload(source)
     path = Path(source)
-    if not path.is_file():
-        raise WorkloadError(f"workload: no such file {str(path)!r}")
-    text = path.read_text()
-    try:
-        if path.suffix == ".json":
-            raw = json.loads(text)
-        else:
-            import yaml
-
-            raw = yaml.safe_load(text)
-    except Exception as exc:
-        raise WorkloadError(f"workload: cannot parse {path.name}: {exc}") from exc
-    if not isinstance(raw, Mapping):
-        raise WorkloadError("workload: top level must be a mapping")
+    raw = read_document(path)
     return parse_workload(raw, path.parent)
-
-
-def _number(raw: Mapping, key: str, where: str, *, default: float | None = None, gt: float | None = None,
-            ge: float | None = None) -> float:
-    if key not in raw or raw[key] is None:
-        if default is None:
-            raise WorkloadError(f"{where}.{key}: required")
-        return default
-    val = raw[key]
-    if isinstance(val, bool) or not isinstance(val, (int, float)):
-        raise WorkloadError(f"{where}.{key}: must be a number, got {val!r}")
-    val = float(val)
-    if not math.isfinite(val):
-        raise WorkloadError(f"{where}.{key}: must be finite")
-    if gt is not None and not val > gt:
-        raise WorkloadError(f"{where}.{key}: must be > {_fmt(gt)}")
-    if ge is not None and not val >= ge:
-        raise WorkloadError(f"{where}.{key}: must be >= {_fmt(ge)}")
-    return val
-
-
-def _name(raw: Mapping, key: str, where: str) -> str:
-    val = raw.get(key)
-    if not isinstance(val, str) or not val.strip():
-        raise WorkloadError(f"{where}.{key}: must be a non-empty string")
-    return val
-
-
-def _unknown(raw: Mapping, allowed: set[str], where: str) -> None:
-    extra = set(raw) - allowed
-    if extra:
-        raise WorkloadError(f"{where}: unknown field(s) {sorted(extra)}; allowed: {sorted(allowed)}")
 
 
 def check_session(s: SessionSpec, models: Mapping[str, ModelSpec], where: str) -> None:
@@ -257,56 +206,97 @@ def check_session(s: SessionSpec, models: Mapping[str, ModelSpec], where: str) -
         raise WorkloadError(f"{where}.rate: must be >= 0")
 
 
+def stage_session(query: str, stage: str) -> str:
+    """Name of the session that serves one query stage (``query/stage``)."""
+    return f"{query}/{stage}"
+
+
+def name_fields(sessions: Sequence[SessionSpec], queries: Sequence[QuerySpec], *, by_name: bool = False,
+                reserved: Sequence[str] = ()) -> dict[str, str]:
+    """The one namespace: session, query and stage (``query/stage``) names -> the field declaring each; a
+    ``WorkloadError`` names both fields of a collision (or a name in ``reserved``, the planner's prefix sessions).
+    ``by_name`` labels fields by name (``sessions['a']``), as the editor shows them."""
+    out: dict[str, str] = {}
+
+    def claim(name: str, where: str) -> None:
+        if name in out:
+            raise WorkloadError(f"{where}: {name!r} collides with {out[name]} (sessions, queries and query stages "
+                                f"'query/stage' share one namespace)")
+        hit = next((r for r in reserved if name.startswith(r)), None)
+        if hit is not None:
+            raise WorkloadError(f"{where}: {name!r} starts with {hit!r}, reserved for prefix sessions")
+        out[name] = where
+
+    for i, s in enumerate(sessions):
+        claim(s.name, f"sessions[{s.name!r}]" if by_name else f"sessions[{i}].name")
+    for j, q in enumerate(queries):
+        qw = f"queries[{q.name!r}]" if by_name else f"queries[{j}]"
+        claim(q.name, f"{qw}.name" if not by_name else qw)
+        for k, st in enumerate(q.stages):
+            claim(stage_session(q.name, st.name), f"{qw}.stages[{st.name!r}]" if by_name else f"{qw}.stages[{k}].name")
+    return out
+
+
+def reserved_names(models: Mapping[str, ModelSpec]) -> list[str]:
+    """Name prefixes the planner's prefix sessions use (``<group>.prefix:<slo>``), one per prefix group."""
+    return sorted({f"{m.prefix.group}.prefix:" for m in models.values() if m.prefix is not None})
+
+
+def _model(m: object, where: str, safety: float, base_dir: Path | None) -> ModelSpec:
+    if not isinstance(m, Mapping):
+        raise WorkloadError(f"{where}: must be a mapping {{name, profile}}")
+    unknown(m, {"name", "profile", "prefix"}, where)
+    name = text(m, "name", where)
+    if "profile" not in m:
+        raise WorkloadError(f"{where}.profile: required")
+    try:
+        prof = load_profile(m["profile"], name, safety=safety, base_dir=base_dir, field_path=f"{where}.profile")
+        prefix = None if m.get("prefix") is None else PrefixSpec(*load_prefix(
+            m["prefix"], name, safety=safety, base_dir=base_dir, field_path=f"{where}.prefix"))
+    except ProfileError as exc:
+        raise WorkloadError(str(exc) if str(exc).startswith(where) else f"{where}.profile: {exc}") from exc
+    return ModelSpec(name, prof, prefix)
+
+
+def _stage(st: object, sw: str) -> tuple[str, str, tuple[str, ...], float]:
+    if not isinstance(st, Mapping):
+        raise WorkloadError(f"{sw}: must be a mapping {{name, model, parent, gamma}}")
+    unknown(st, {"name", "model", "parent", "parents", "gamma"}, sw)
+    sname = text(st, "name", sw)
+    model = text(st, "model", sw)
+    parents = st.get("parents", st.get("parent"))
+    if parents is None:
+        parents = ()
+    elif isinstance(parents, str):
+        parents = (parents,)
+    elif isinstance(parents, Sequence) and not isinstance(parents, bytes) and all(
+            isinstance(p, str) for p in parents):
+        parents = tuple(parents)
+    else:
+        raise WorkloadError(f"{sw}.parent: must be a stage name or a list of them, got {label(parents)}")
+    return sname, model, parents, number(st, "gamma", sw, default=1.0, gt=0)
+
+
 def parse_workload(raw: Mapping, base_dir: Path | None = None) -> Workload:
     if not isinstance(raw, Mapping):
         raise WorkloadError("workload: top level must be a mapping")
-    _unknown(raw, {"device", "models", "sessions", "queries", "net_ms", "safety"}, "workload")
-    dev_raw = raw.get("device") or {}
+    unknown(raw, {"device", "models", "sessions", "queries", "net_ms", "safety"}, "workload")
+    dev_raw = raw.get("device")
+    dev_raw = {} if dev_raw is None else dev_raw
     if not isinstance(dev_raw, Mapping):
-        raise WorkloadError("device: must be a mapping {name, memory_mb}")
-    _unknown(dev_raw, {"name", "memory_mb"}, "device")
-    device = Device(name=str(dev_raw.get("name", Device.name)),
-                    memory_mb=_number(dev_raw, "memory_mb", "device", default=Device.memory_mb, gt=0))
-    net_ms = _number(raw, "net_ms", "workload", default=DEFAULT_NET_MS, ge=0)
-    safety = _number(raw, "safety", "workload", default=DEFAULT_SAFETY, gt=0)
+        raise WorkloadError(f"device: must be a mapping {{name, memory_mb}}, got {label(dev_raw)}")
+    unknown(dev_raw, {"name", "memory_mb"}, "device")
+    device = Device(name=text(dev_raw, "name", "device") if dev_raw.get("name") is not None else Device.name,
+                    memory_mb=number(dev_raw, "memory_mb", "device", default=Device.memory_mb, gt=0))
+    net_ms = number(raw, "net_ms", "workload", default=DEFAULT_NET_MS, ge=0)
+    safety = number(raw, "safety", "workload", default=DEFAULT_SAFETY, ge=SAFETY_RANGE[0], le=SAFETY_RANGE[1])
 
     models: dict[str, ModelSpec] = {}
-    models_raw = raw.get("models") or []
-    if not isinstance(models_raw, Sequence) or isinstance(models_raw, str):
-        raise WorkloadError("models: must be a list")
-    for i, m in enumerate(models_raw):
-        where = f"models[{i}]"
-        if not isinstance(m, Mapping):
-            raise WorkloadError(f"{where}: must be a mapping {{name, profile}}")
-        _unknown(m, {"name", "profile", "prefix"}, where)
-        name = _name(m, "name", where)
-        if name in models:
-            raise WorkloadError(f"{where}.name: duplicate model {name!r}")
-        if "profile" not in m:
-            raise WorkloadError(f"{where}.profile: required")
-        try:
-            prof = load_profile(m["profile"], name, safety=safety, base_dir=base_dir,
-                                field_path=f"{where}.profile")
-            prefix = None
-            if m.get("prefix") is not None:
-                pr = m["prefix"]
-                pw = f"{where}.prefix"
-                if not isinstance(pr, Mapping):
-                    raise WorkloadError(f"{pw}: must be a mapping {{group, profile, suffix_profile}}")
-                _unknown(pr, {"group", "profile", "suffix_profile"}, pw)
-                for key in ("profile", "suffix_profile"):
-                    if key not in pr:
-                        raise WorkloadError(f"{pw}.{key}: required")
-                group = _name(pr, "group", pw)
-                prefix = PrefixSpec(
-                    group=group,
-                    prefix=load_profile(pr["profile"], f"{group}.prefix", safety=safety, base_dir=base_dir,
-                                        field_path=f"{pw}.profile"),
-                    suffix=load_profile(pr["suffix_profile"], f"{name}.suffix", safety=safety,
-                                        base_dir=base_dir, field_path=f"{pw}.suffix_profile"))
-        except ProfileError as exc:
-            raise WorkloadError(str(exc) if str(exc).startswith(where) else f"{where}.profile: {exc}") from exc
-        models[name] = ModelSpec(name, prof, prefix)
+    for i, m in enumerate(as_list(raw, "models", "models")):
+        spec = _model(m, f"models[{i}]", safety, base_dir)
+        if spec.name in models:
+            raise WorkloadError(f"models[{i}].name: duplicate model {spec.name!r}")
+        models[spec.name] = spec
 
     def resolve(model: str, where: str) -> None:
         """A model not declared but shipped for this device (e.g. ``vgg16`` on ``titan-x-pascal``)."""
@@ -316,70 +306,67 @@ def parse_workload(raw: Mapping, base_dir: Path | None = None) -> Workload:
         if builtin in builtin_profiles():
             models[model] = ModelSpec(model, load_profile(builtin, model, safety=safety))
             return
-        raise WorkloadError(f"{where}.model: unknown model {model!r}; declare it in models")
+        raise WorkloadError(f"{where}.model: unknown model {label(model)}; declare it in models")
 
+    sess_raw = as_list(raw, "sessions", "sessions")
+    q_raw = as_list(raw, "queries", "queries")
+    if len(sess_raw) + len(q_raw) > MAX_UNITS:
+        raise WorkloadError(f"sessions: {len(sess_raw)} sessions and {len(q_raw)} queries, more than the "
+                            f"{MAX_UNITS} the planner takes")
     sessions: list[SessionSpec] = []
     seen: set[str] = set()
-    sess_raw = raw.get("sessions") or []
-    if not isinstance(sess_raw, Sequence) or isinstance(sess_raw, str):
-        raise WorkloadError("sessions: must be a list")
     for i, s in enumerate(sess_raw):
         where = f"sessions[{i}]"
         if not isinstance(s, Mapping):
             raise WorkloadError(f"{where}: must be a mapping {{model, slo_ms, rate}}")
-        _unknown(s, {"name", "model", "slo_ms", "rate"}, where)
-        model = _name(s, "model", where)
+        unknown(s, {"name", "model", "slo_ms", "rate"}, where)
+        model = text(s, "model", where)
         resolve(model, where)
-        spec = SessionSpec(model=model, slo_ms=_number(s, "slo_ms", where, gt=0),
-                           rate=_number(s, "rate", where, ge=0), name=str(s.get("name") or ""))
+        name = text(s, "name", where) if s.get("name") is not None else ""
+        spec = SessionSpec(model=model, slo_ms=number(s, "slo_ms", where, gt=0),
+                           rate=number(s, "rate", where, ge=0), name=name)
         if spec.name in seen:
             raise WorkloadError(f"{where}.name: duplicate session {spec.name!r} (give each a distinct name)")
         seen.add(spec.name)
         sessions.append(spec)
 
     queries: list[QuerySpec] = []
-    q_raw = raw.get("queries") or []
-    if not isinstance(q_raw, Sequence) or isinstance(q_raw, str):
-        raise WorkloadError("queries: must be a list")
+    units = len(sessions)
     for i, q in enumerate(q_raw):
         where = f"queries[{i}]"
         if not isinstance(q, Mapping):
             raise WorkloadError(f"{where}: must be a mapping {{name, slo_ms, rate, stages}}")
-        _unknown(q, {"name", "slo_ms", "rate", "stages"}, where)
-        qname = _name(q, "name", where)
-        if any(x.name == qname for x in queries):
-            raise WorkloadError(f"{where}.name: duplicate query {qname!r}")
+        unknown(q, {"name", "slo_ms", "rate", "stages"}, where)
+        qname = text(q, "name", where)
         st_raw = q.get("stages")
-        if not isinstance(st_raw, Sequence) or isinstance(st_raw, str) or not st_raw:
+        if not isinstance(st_raw, Sequence) or isinstance(st_raw, (str, bytes)) or not st_raw:
             raise WorkloadError(f"{where}.stages: must be a non-empty list")
+        units += len(st_raw)
+        if units > MAX_UNITS or units - len(sessions) > MAX_STAGES:
+            raise WorkloadError(f"{where}.stages: more than {MAX_STAGES} query stages in all, or "
+                                f"{MAX_UNITS} sessions and stages, which the planner takes")
         stages: list[StageSpec] = []
+        names: set[str] = set()
         for j, st in enumerate(st_raw):
             sw = f"{where}.stages[{j}]"
-            if not isinstance(st, Mapping):
-                raise WorkloadError(f"{sw}: must be a mapping {{name, model, parent, gamma}}")
-            _unknown(st, {"name", "model", "parent", "parents", "gamma"}, sw)
-            sname = _name(st, "name", sw)
-            if any(x.name == sname for x in stages):
+            sname, model, parents, gamma = _stage(st, sw)
+            if sname in names:
                 raise WorkloadError(f"{sw}.name: duplicate stage {sname!r}")
-            model = _name(st, "model", sw)
             resolve(model, sw)
-            parents = st.get("parents", st.get("parent"))
-            if parents is None:
-                parents = ()
-            elif isinstance(parents, str):
-                parents = (parents,)
-            elif isinstance(parents, Sequence):
-                parents = tuple(str(p) for p in parents)
-            else:
-                raise WorkloadError(f"{sw}.parent: must be a stage name or a list of them")
-            stages.append(StageSpec(sname, model, parents, _number(st, "gamma", sw, default=1.0, gt=0)))
-        names = {s.name for s in stages}
+            names.add(sname)
+            stages.append(StageSpec(sname, model, parents, gamma))
         for j, st in enumerate(stages):
             for p in st.parents:
                 if p not in names:
                     raise WorkloadError(f"{where}.stages[{j}].parent: unknown stage {p!r}")
         topological(stages)
-        queries.append(QuerySpec(qname, _number(q, "slo_ms", where, gt=0), _number(q, "rate", where, ge=0),
-                                 tuple(stages)))
+        spec = QuerySpec(qname, number(q, "slo_ms", where, gt=0), number(q, "rate", where, ge=0), tuple(stages))
+        rates = spec.stage_rates()
+        for j, st in enumerate(stages):
+            if not math.isfinite(rates[st.name]):
+                raise WorkloadError(f"{where}.stages[{j}].gamma: the stage's rate (query rate times the fan-outs "
+                                    f"above it) is beyond float range")
+        queries.append(spec)
+    name_fields(sessions, queries, reserved=reserved_names(models))
     return Workload(device=device, models=models, sessions=tuple(sessions), queries=tuple(queries),
                     net_ms=net_ms, safety=safety)

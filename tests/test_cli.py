@@ -75,3 +75,30 @@ def test_bad_gpus_argument_exits_2(workload):
                           capture_output=True, text=True)
     assert proc.returncode == 2
     assert "--gpus" in proc.stderr and ">= 1" in proc.stderr
+
+
+@pytest.mark.parametrize("text, message", [
+    ("sessions:\n  - {name: traffic/detect, model: vgg16, slo_ms: 100, rate: 1}\nqueries:\n  - {name: traffic, "
+     "slo_ms: 400, rate: 30, stages: [{name: detect, model: yolo9000}]}\n",
+     "queries[0].stages[0].name: 'traffic/detect' collides with sessions[0].name"),
+    ("sessions:\n  - {name: q/x/y, model: vgg16, slo_ms: 100, rate: 1}\nqueries:\n  - {name: q/x, slo_ms: 400, "
+     "rate: 30, stages: [{name: y, model: vgg16}]}\n", "'q/x/y' collides with sessions[0].name"),
+    ("sessions:\n  - {model: vgg16, slo_ms: 100, rate: 1, 1: x, y: 2}\n", "sessions[0]: unknown field(s)"),
+    ("safety: 1.0e-320\nsessions:\n  - {model: vgg16, slo_ms: 100, rate: 1}\n", "workload.safety: must be >= 0.1"),
+    ("device: {name: {a: 1}}\n", "device.name: must be a non-empty string"),
+    ("sessions:\n  - {name: 1.0e+308, model: vgg16, slo_ms: 100, rate: 1}\n", "sessions[0].name: must be a non-empty"),
+    ("sessions: 0\n", "sessions: must be a list, got 0"),
+    ("sessions:\n  - {model: vgg16, slo_ms: " + "9" * 400 + ", rate: 1}\n", "sessions[0].slo_ms: must be a finite"),
+])
+def test_reported_inputs_exit_2_naming_the_field(tmp_path, capsys, text, message):
+    path = tmp_path / "w.yaml"
+    path.write_text(text)
+    assert main(["plan", str(path)]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_non_utf8_file_exits_2(tmp_path, capsys):
+    path = tmp_path / "w.yaml"
+    path.write_bytes(b"sessions: []\n# \xe9t\xe9\n")
+    assert main(["plan", str(path)]) == 2
+    assert "workload: w.yaml is not UTF-8 text (byte 15)" in capsys.readouterr().err

@@ -23,6 +23,6 @@ def test_quick_demo_runs_and_reports(capsys):
     pytest.importorskip("nexus_lab.runtime.device")
     assert main(quick=True) == 0
     out = capsys.readouterr().out
-    for text in ("phase 1: 1x load", "phase 2: 2x load", "goodput/s", "within SLO", "GPU utilization",
-                 "shut down cleanly"):
+    for text in ("scheduler: tls://127.0.0.1:", "dashboard: http://127.0.0.1:", "phase 1: 1x load",
+                 "phase 2: 2x load", "goodput/s", "within SLO", "GPU utilization", "shut down cleanly"):
         assert text in out

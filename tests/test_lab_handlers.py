@@ -155,3 +155,13 @@ async def test_controller_exception_is_reported(jp_fetch, jp_serverapp):
     with registry.register(Broken(), runtime_dir=jupyter_runtime_dir()) as reg:
         code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", reg.id, "state")
     assert code == 500 and "scheduler lost" in body["message"]
+
+
+async def test_idle_local_connection_does_not_stall_the_panel(jp_fetch, controller):
+    """Issue 12, item 6: one idle TCP connection to a controller's server made every panel call 502."""
+    _, reg = controller
+    with socket.create_connection(("127.0.0.1", reg.port)) as idle:
+        idle.sendall(b"GET /state HTTP/1.1\r\n")  # half a request, then silence
+        for _ in range(3):
+            r = await jp_fetch("nexus", "api", "controllers", reg.id, "state")
+            assert len(json.loads(r.body)["gpus"]) == 4

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import stat
 import subprocess
 import sys
@@ -105,6 +106,73 @@ def test_controller_error_is_json_500(tmp_path):
     with registry.register(Broken(), runtime_dir=tmp_path) as reg:
         code, body = _req(reg, "/state")
         assert code == 500 and "scheduler lost" in body["message"]
+
+
+def _raw(reg: registry.Registration, data: bytes) -> tuple[int, dict]:
+    """Send raw bytes, read until the server closes; the status and JSON body of its answer."""
+    with socket.create_connection(("127.0.0.1", reg.port), timeout=10) as s:
+        s.sendall(data)
+        resp = b""
+        while chunk := s.recv(65536):
+            resp += chunk
+    head, body = resp.split(b"\r\n\r\n", 1)
+    return int(head.split()[1]), json.loads(body)
+
+
+def test_idle_connection_stalls_nothing_and_times_out(tmp_path, monkeypatch):
+    """Issue 12, item 6: one idle local connection stalled the single-threaded server for everyone."""
+    monkeypatch.setattr(registry, "SOCKET_TIMEOUT_S", 2.0)
+    ctl = FakeController()
+    with registry.register(ctl, runtime_dir=tmp_path) as reg, \
+            socket.create_connection(("127.0.0.1", reg.port), timeout=10) as idle:
+        idle.sendall(b"GET /state HTTP/1.1\r\n")  # half a request, then silence
+        t0 = time.monotonic()
+        assert _req(reg, "/state")[0] == 200
+        assert _req(reg, "/replan", "POST")[0] == 200 and ctl.replans == 1
+        assert time.monotonic() - t0 < 1.5  # served at once, not after the idle connection's timeout
+        assert idle.recv(1024) == b""  # closed by the server's socket timeout
+        assert time.monotonic() - t0 < 6
+
+
+@pytest.mark.parametrize("length", ["abc", "-1", "1e3", "12 34", "\u00b2", ""])
+def test_malformed_content_length_is_400_without_traceback(tmp_path, capfd, length):
+    ctl = FakeController()
+    with registry.register(ctl, runtime_dir=tmp_path) as reg:
+        code, body = _raw(reg, (f"POST /replan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reg.token}\r\n"
+                                f"Content-Length: {length}\r\n\r\n").encode("latin-1"))
+        assert code == 400 and body["error"] == "bad-request" and "Content-Length" in body["message"]
+        assert _req(reg, "/state")[0] == 200  # the server carries on
+    assert ctl.replans == 0
+    assert capfd.readouterr() == ("", "")
+
+
+def test_oversize_body_is_refused(tmp_path, capfd):
+    ctl = FakeController()
+    with registry.register(ctl, runtime_dir=tmp_path) as reg:
+        for length in (registry.MAX_BODY + 1, "9" * 5000):
+            code, body = _raw(reg, (f"POST /replan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reg.token}\r\n"
+                                    f"Content-Length: {length}\r\n\r\n").encode())
+            assert code == 413 and body["error"] == "too-large"
+        # a body within the bound is read and ignored
+        code, body = _raw(reg, (f"POST /replan HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {reg.token}\r\n"
+                                "Connection: close\r\nContent-Length: 5\r\n\r\nhello").encode())
+        assert code == 200 and body == {"ok": True, "action": "replan"}
+    assert ctl.replans == 1
+    assert capfd.readouterr() == ("", "")
+
+
+def test_client_errors_print_nothing(tmp_path, capfd):
+    with registry.register(FakeController(), runtime_dir=tmp_path) as reg:
+        for junk in (b"\x16\x03\x01\x00\xa5garbage\r\n\r\n", b"GET /state HTTP/1.1\r\nHost: x\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", reg.port), timeout=10) as s:
+                s.sendall(junk)
+                s.shutdown(socket.SHUT_RDWR)  # hang up before the answer is read
+        try:
+            raise ConnectionResetError("a client hung up")
+        except ConnectionResetError:
+            reg._server.handle_error(None, ("127.0.0.1", 1))  # what socketserver calls on a handler's error
+        assert _req(reg, "/state")[0] == 200
+    assert capfd.readouterr() == ("", "")
 
 
 def test_stale_pid_is_ignored_and_cleaned(tmp_path):

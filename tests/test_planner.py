@@ -250,3 +250,56 @@ def test_fill_turns_idle_gpus_into_headroom():
     for bad in (0.5, float("nan"), "2"):
         with pytest.raises(ValueError, match="fill"):
             plan_workload(wl, gpus=6, fill=bad)
+
+
+# ---------------------------------------------------------------------------------------------- large workloads
+def test_vectorised_split_follows_the_scalar_rules():
+    from nexus_lab.bench.planner import random_workload
+    from nexus_lab.planner.squishy import split_saturated
+
+    dms = demands(random_workload(4, 200))
+    full, residuals, unserved = split_saturated(dms, 12288.0)
+    by_index = {r.index: r for r in residuals}
+    whole: dict[str, int] = {}
+    for g in full:
+        whole[g.allocations[0].session] = whole.get(g.allocations[0].session, 0) + 1
+    skipped = {u.session for u in unserved}
+    for i, dm in enumerate(dms):
+        if dm.session.session in skipped:
+            continue
+        big = saturated_batch(dm.profile, dm.budget_ms, 12288.0)
+        tput = big * 1000.0 / float(dm.profile.lat_ms[big])
+        n = math.floor(dm.session.rate / tput + 1e-9)
+        assert whole.get(dm.session.session, 0) == n
+        r = dm.session.rate - n * tput
+        if i in by_index:
+            assert (by_index[i].batch, by_index[i].duty_ms) == residual_for(dm.profile, dm.budget_ms, r, big)
+            assert by_index[i].rate == r
+
+
+def test_chunks_packed_side_by_side_equal_each_chunk_packed_alone():
+    from nexus_lab.bench.planner import random_workload
+    from nexus_lab.planner import squishy
+
+    dms = demands(random_workload(7, 1500))
+    _, residuals, _ = squishy.split_saturated(dms, 12288.0)
+    order = sorted(residuals, key=lambda r: (-r.occupancy, r.index))
+    chunks = [order[k::5] for k in range(5)]
+    tables = squishy.ProfileTables(dms)
+    alone = [g for ch in chunks for g in squishy.pack_residuals(dms, ch, 12288.0)]
+    together = squishy._pack_lockstep(dms, chunks, tables, 12288.0)
+    assert together == alone
+
+
+def test_a_large_workload_plans_validly_and_fast():
+    import time
+
+    from nexus_lab.bench.plan_scale import raw_workload
+    from nexus_lab.planner.squishy import CHUNK_ABOVE
+
+    wl = load_workload(raw_workload(2 * CHUNK_ABOVE))
+    t0 = time.process_time()
+    plan = plan_workload(wl)
+    assert time.process_time() - t0 < 10.0
+    validate(plan, wl)
+    assert plan.lower_bound_gpus <= plan.num_gpus <= 1.15 * plan.lower_bound_gpus

@@ -70,3 +70,65 @@ def test_text_round_trip():
 def test_unknown_profile_lists_the_builtins():
     with pytest.raises(ProfileError, match="titan-x-pascal/vgg16"):
         load_profile("nope/none")
+
+
+# ---------------------------------------------------------------------------------------------- validation
+def _vgg16_text() -> str:
+    return load_profile("titan-x-pascal/vgg16").to_text()
+
+
+@pytest.mark.parametrize("line, content, message", [
+    (184, "-100500,0", r"line 184: mean\(us\): must be finite and >= 0, got -100500"),
+    (6, "2,14499,nan,1061093376", r"line 6: std\(us\): must be finite and >= 0, got nan"),
+    (5, None, r"line 4: 'Forward latency' has no rows"),
+    (7, "4,18180.1,183.652,1061093376", r"line 7: batch: expected 3 \(batches run 1, 2, \.\.\. without gaps\)"),
+    (6, "2.5,14499,20,1061093376", r"line 6: batch: must be finite and an integer >= 1, got 2\.5"),
+    (5, "1,6277.4,22.3", r"line 5: expected batch,latency\(us\),std\(us\),memory\(B\)"),
+    (5, "1,-5,0,0", r"line 5: latency\(us\): must be finite and > 0"),
+    (5, "1,inf,0,0", r"line 5: latency\(us\): must be finite and > 0"),
+    (5, "1,one,0,0", r"line 5: latency\(us\): 'one' is not a number"),
+    (6, "2,14499,20.6559,-1", r"line 6: memory\(B\): must be finite and >= 0"),
+])
+def test_profile_files_are_validated_naming_file_line_and_field(tmp_path, line, content, message):
+    lines = _vgg16_text().splitlines()
+    lines = lines[:line - 1] if content is None else [*lines[:line - 1], content, *lines[line:]]
+    path = tmp_path / "bad.txt"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ProfileError, match=r"^models\[0\]\.profile \(bad\.txt\) " + message):
+        load_profile(str(path), "m", field_path="models[0].profile")
+
+
+def test_profile_file_not_utf8(tmp_path):
+    path = tmp_path / "bin.txt"
+    path.write_bytes(b"\xff\xfe" + _vgg16_text().encode())
+    with pytest.raises(ProfileError, match=r"^models\[0\]\.profile: bin\.txt is not UTF-8 text \(byte 0\)"):
+        load_profile(str(path), "m", field_path="models[0].profile")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"std_us": [float("nan")]}, "std and memory must be finite"),
+    ({"memory_bytes": [-1.0]}, "std and memory must be finite"),
+    ({"postprocess_us": (-100500.0, 0.0)}, r"m\.postprocess: mean and std must be finite and >= 0"),
+    ({"safety": float("inf")}, r"m\.safety: must be finite"),
+    ({"latency_us": [1e-320]}, r"m\.latency: inflated l\(b\) must be in"),
+])
+def test_profile_values_are_validated(kwargs, message):
+    args = {"name": "m", "device": "d", "batches": [1], "latency_us": [1000.0], "std_us": [0.0],
+            "memory_bytes": [0.0], **kwargs}
+    with pytest.raises(ProfileError, match=message):
+        ModelProfile(**args)
+
+
+@pytest.mark.parametrize("spec, field", [
+    ({"latency_ms": {1: 1.0, "1": 2.0}}, r"latency_ms\['1'\]: batch 1 given twice"),
+    ({"latency_ms": {True: 1.0}}, r"latency_ms\[True\]: batch must be an integer"),
+    ({"latency_ms": {1.5: 1.0}}, r"latency_ms\[1\.5\]: batch must be an integer"),
+    ({"latency_ms": {5000: 1.0}}, r"latency_ms\[5000\]: batch must be an integer in 1\.\.4096"),
+    ({"latency_ms": {1: float("nan")}}, r"latency_ms\[1\]: must be a finite number > 0"),
+    ({"latency_ms": {1: "2"}}, r"latency_ms\[1\]: must be a finite number > 0"),
+    ({"latency_ms": {1: 1.0}, "device": ["x"]}, r"m\.device: must be a string"),
+    ({"latency_ms": {1: 1.0}, 3: 1, "a": 2}, "unknown field"),
+])
+def test_inline_profile_keys_and_values_are_strict(spec, field):
+    with pytest.raises(ProfileError, match=field):
+        ModelProfile.from_inline("m", spec)

@@ -11,6 +11,7 @@ from typing import Any
 # CLI name -> module under nexus_lab.bench
 BENCHMARKS = {
     "planner": "planner",
+    "plan-scale": "plan_scale",
     "sim": "sim",
     "paper": "paper",
     "query": "query",

@@ -1,5 +1,6 @@
 """Benchmark of dispatch overhead (issue 3, done-item 1): a no-op model through frontend -> backend -> frontend on
-2 worker processes; CPU time per request summed over every process (client + scheduler, workers, nannies).
+2 worker processes; CPU time per request summed over every process (client + scheduler, workers, nannies), on plain
+TCP and on TLS (what ``nexus_lab.start``'s default security costs, issue 12).
 
 Run: ``python benchmarks/dispatch.py`` or ``nexus-lab bench dispatch --json``. Needs no GPU (cpu device, no-op model).
 """
@@ -50,21 +51,42 @@ def _drive(fe: Any, n: int, chunk: int, window: int) -> tuple[float, int]:
     return time.perf_counter() - t0, ok
 
 
-def run(quick: bool = False) -> dict[str, Any]:
+def run(quick: bool = False, tls: bool = True) -> dict[str, Any]:
+    """The figures on a plain TCP cluster, then (``tls``) the same on a TLS cluster such as ``nexus_lab.start``
+    makes by default: keys ending ``_tls``, and ``tls_cpu_ratio``(``_uncoalesced``), TLS's CPU per request over
+    plain TCP's."""
+    n = 4000 if quick else 20000
+    n_unco = 500 if quick else 2000
+    out = _measure(n, n_unco, security=None)
+    if tls:
+        from ..controller.cluster import cluster_security
+
+        sec = _measure(n, n_unco, security=cluster_security(True))
+        for key in ("cpu_us_per_request", "cpu_us_per_request_uncoalesced", "round_trip_us_uncoalesced",
+                    "throughput_rps", "coalesced_batch", "requests_ok", "requests_ok_uncoalesced"):
+            out[f"{key}_tls"] = sec[key]
+        out["tls_cpu_ratio"] = sec["cpu_us_per_request"] / out["cpu_us_per_request"]
+        out["tls_cpu_ratio_uncoalesced"] = (sec["cpu_us_per_request_uncoalesced"]
+                                            / out["cpu_us_per_request_uncoalesced"])
+    return out
+
+
+def _measure(n: int, n_unco: int, security: Any) -> dict[str, Any]:
+    """One cluster of 2 worker processes, plain TCP (``security`` None) or TLS; the figures ``run`` reports."""
     from distributed import Client, LocalCluster
 
     from ..runtime.backend import NexusBackend
     from ..runtime.frontend import Frontend
 
     model = _noop_model()
-    n = 4000 if quick else 20000
-    n_unco = 500 if quick else 2000
     batch = 16  # requests per coalesced message, per backend
     from ..controller.cluster import SERVING_CONFIG, worker_malloc_config
 
+    kw: dict[str, Any] = {} if security is None else {"security": security, "protocol": "tls://"}
     with dask.config.set({**worker_malloc_config(), **SERVING_CONFIG}), \
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                         dashboard_address="127.0.0.1:0", **kw) as cluster, \
+            Client(cluster, security=security) as client:
         client.register_plugin(NexusBackend(device="cpu"))
         workers = sorted(client.scheduler_info()["workers"])
         procs = cluster_processes(client)
@@ -72,7 +94,7 @@ def run(quick: bool = False) -> dict[str, Any]:
         gpu = {"id": 0, "duty_cycle_ms": 1.0, "occupancy": 0.0, "memory_mb": 0.0,
                "allocations": [{"session": NOOP_SESSION, "model": model, "slo_ms": 1000.0, "batch": 256,
                                 "rate": 1.0}]}
-        applied = [client.sync(_apply, w, gpu, {NOOP_SESSION: session}) for w in workers]
+        applied = [client.sync(_apply, client, w, gpu, {NOOP_SESSION: session}) for w in workers]
         errors = [a["error"] for a in applied if a["error"]]
         if errors:
             raise RuntimeError(f"nexus_apply failed: {errors}")
@@ -107,8 +129,6 @@ def run(quick: bool = False) -> dict[str, Any]:
     return out
 
 
-async def _apply(addr: str, gpu: dict[str, Any], sessions: dict[str, Any]) -> dict[str, Any]:
-    from distributed.core import rpc
-
-    async with rpc(addr) as r:
-        return await r.nexus_apply(gpu=gpu, sessions=sessions, version=1)
+async def _apply(client: Any, addr: str, gpu: dict[str, Any], sessions: dict[str, Any]) -> dict[str, Any]:
+    """``nexus_apply`` on one backend, over the client's connection pool (its TLS credentials included)."""
+    return await client.rpc(addr).nexus_apply(gpu=gpu, sessions=sessions, version=1)

@@ -11,7 +11,8 @@ from typing import Any
 
 _WHERE = {
     "SERVING_CONFIG": "cluster", "WORKER_MALLOC_ENV": "cluster", "start": "cluster", "worker_malloc_config": "cluster",
-    "ApplyError": "deploy", "Controller": "core", "WorkloadEditor": "edits", "RateMonitor": "rates", "moved": "rates",
+    "ApplyError": "deploy", "ClusterLost": "rpc", "Controller": "core", "WorkloadEditor": "edits",
+    "RateMonitor": "rates", "moved": "rates",
     "Transition": "placement", "assign_gpus": "placement", "routes_for": "placement", "transition": "placement",
     "worker_gpus": "placement", "ControllerView": "protocol", "PanelControl": "protocol", "build_state": "state",
 }

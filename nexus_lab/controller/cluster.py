@@ -6,12 +6,16 @@ Depends on distributed's ``LocalCluster`` and the runtime's backend plugin; noth
 from __future__ import annotations
 
 import logging
-from typing import Any
+import warnings
+from typing import TYPE_CHECKING, Any
 
 import dask
 
 from ..runtime.device import MALLOC_THRESHOLD
 from .core import Controller
+
+if TYPE_CHECKING:
+    from distributed.security import Security
 
 #: glibc settings for worker processes, set through ``distributed.nanny.pre-spawn-environ``. distributed's nanny
 #: trims freed memory above 64 KiB, returning and re-faulting a forward pass's activations on every batch; and any
@@ -31,21 +35,60 @@ SERVING_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admi
                   "distributed.admin.system-monitor.interval": "5s"}
 
 
+class InsecureClusterWarning(UserWarning):
+    """``start(security=False)``: the cluster accepts any local process (no TLS, no credentials)."""
+
+
 def worker_malloc_config() -> dict[str, int]:
     """``WORKER_MALLOC_ENV`` as dask config keys, for ``dask.config.set`` around a ``LocalCluster``."""
     return {f"distributed.nanny.pre-spawn-environ.{k}": v for k, v in WORKER_MALLOC_ENV.items()}
 
 
-def start(gpus: int = 4, device: str = "simulated:titan-x-pascal", *, security: Any = None,
-          dashboard_address: str = ":0", threads: int = 1, memory_limit: str | int = "auto",
+def cluster_security(security: Security | bool | None) -> Security | None:
+    """The ``distributed.security.Security`` a cluster started by ``start`` runs with, or None for plain TCP.
+
+    Secure by default: a Dask scheduler, nanny or worker runs whatever a connected peer sends (``client.run``, a
+    backend's ``nexus_apply``), so without TLS any local process that finds the port can take the cluster over.
+    ``True``/``None`` create fresh in-memory certificates (``Security.temporary()``): only this process and the
+    workers it spawns hold them. ``False`` opts out with an ``InsecureClusterWarning``.
+    """
+    if security is False:
+        warnings.warn("nexus_lab.start(security=False): the cluster runs without TLS, so any local process can "
+                      "join it, run code on its workers and call its backends", InsecureClusterWarning, stacklevel=3)
+        return None
+    if security is None or security is True:
+        from distributed.security import Security
+
+        try:
+            return Security.temporary()
+        except ImportError as exc:
+            raise ImportError("nexus_lab.start secures its cluster with TLS and needs the 'cryptography' package "
+                              "for the certificates (pip install cryptography); security=False starts an "
+                              "insecure cluster instead") from exc
+    return security
+
+
+def loopback(address: str | None) -> str | None:
+    """A dashboard address that names no host (``":8787"``) binds to 127.0.0.1, not to every interface (Dask's
+    default): the dashboard has no authentication. An explicit host is kept; None disables the dashboard."""
+    if address is None or not address.startswith(":"):
+        return address
+    return f"127.0.0.1{address}"
+
+
+def start(gpus: int = 4, device: str = "simulated:titan-x-pascal", *, security: Security | bool | None = True,
+          dashboard_address: str | None = "127.0.0.1:0", threads: int = 1, memory_limit: str | int = "auto",
           silence_logs: int = logging.ERROR, **controller_kw: Any) -> Controller:
     """Start a ``LocalCluster`` with ``gpus`` single-threaded worker processes, register the backend plugin
     with ``device`` on each, and return a ``Controller`` that closes the cluster with itself.
 
     Every worker gets the same ``device``; for several CUDA GPUs start dask-cuda's ``LocalCUDACluster`` (one
     worker per GPU, each seeing only its own) and attach with ``Controller(client, device="cuda")``.
-    ``security`` (e.g. ``Security.temporary()``) makes the cluster TLS-only. Other keywords go to
-    ``Controller``.
+    The cluster is TLS-only (distributed's TLS, certificates made for it and held only by this process and its
+    workers: ``cluster_security``) and listens on 127.0.0.1 only, its dashboard included (a dashboard address
+    without a host binds to 127.0.0.1). ``security`` may be a ``distributed.security.Security`` of your own;
+    ``security=False`` runs plain TCP that any local process can join, and warns. Other clients connect with
+    ``Client(ctl.client.scheduler.address, security=ctl.client.security)``. Other keywords go to ``Controller``.
 
     Examples
     --------
@@ -60,12 +103,12 @@ def start(gpus: int = 4, device: str = "simulated:titan-x-pascal", *, security: 
         raise ValueError(f"gpus: must be an integer >= 1, got {gpus!r}")
     if not isinstance(device, str) or not device:
         raise ValueError(f"device: must be a device spec string, got {device!r}")
-    kw: dict[str, Any] = {}
-    if security is not None:
-        kw.update(security=security, protocol="tls://")
+    security = cluster_security(security)
+    kw: dict[str, Any] = {"protocol": "tcp://"} if security is None else {"security": security, "protocol": "tls://"}
     with dask.config.set({**worker_malloc_config(), **SERVING_CONFIG}):
-        cluster = LocalCluster(n_workers=gpus, threads_per_worker=threads, processes=True,
-                               dashboard_address=dashboard_address, silence_logs=silence_logs,
+        # host: every server (scheduler, nannies, workers and their HTTP servers) on loopback only
+        cluster = LocalCluster(n_workers=gpus, threads_per_worker=threads, processes=True, host="127.0.0.1",
+                               dashboard_address=loopback(dashboard_address), silence_logs=silence_logs,
                                memory_limit=memory_limit, **kw)
     try:
         client = Client(cluster, security=security, set_as_default=False)

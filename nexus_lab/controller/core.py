@@ -1,5 +1,6 @@
 """The notebook-side controller: a façade over the cluster I/O (``rpc``), the deployed plan (``deploy``), the epoch
-loop (``epoch``) and the snapshot (``state``), serving ``infer``/``query`` through a frontend.
+loop (``epoch``), the snapshot (``state``) and the serving calls (``serving``: ``infer``/``query`` through a
+frontend). Every public call checks its arguments (``checks``) and raises ``ClusterLost`` once the scheduler is gone.
 
 Depends on the planner, the runtime's backend handlers and frontend, and distributed's client; imports widgets and
 the lab only inside the methods that open them.
@@ -7,8 +8,6 @@ the lab only inside the methods that open them.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -20,30 +19,23 @@ from ..planner import Plan
 from ..planner.api import check_fill
 from ..workload import Workload, WorkloadError
 from . import html
+from .checks import check_declared, check_flag, check_name, check_number, check_settings, guarded
 from .deploy import ApplyError, Deployment
 from .edits import WorkloadEditor, base_workload
 from .epoch import EpochLoop, EpochSettings
 from .rates import RateMonitor
-from .rpc import ClusterIO
+from .rpc import ClusterIO, ClusterLost, connected
+from .serving import Serving
 from .state import build_state
 from .stats import aggregate
 
-__all__ = ["ApplyError", "Controller"]
+__all__ = ["ApplyError", "ClusterLost", "Controller"]
 
 #: Default network allowance (ms) of the runtime: request and reply hops between Python processes. Under overload
 #: early drop serves requests right at their budget deadline, so this is all the slack the reply path gets.
 RUNTIME_NET_MS = 10.0
 
 T = TypeVar("T")
-
-
-def _connected(client: Any, security: Any) -> Any:
-    """A ``distributed.Client``: ``client`` itself, or one connected to the scheduler address ``client``."""
-    if not isinstance(client, str):
-        return client
-    from distributed import Client
-
-    return Client(client, security=security, set_as_default=False)
 
 
 def _editor(device: str, workload: Workload | str | Mapping | None, net_ms: float | None) -> WorkloadEditor:
@@ -69,7 +61,7 @@ class _Unit(Generic[T]):
         setattr(attrgetter(self.unit)(obj), self.name, value)
 
 
-class Controller:
+class Controller(Serving):
     """Serve a Nexus workload on a Dask cluster: one worker per GPU, one ``NexusBackend`` plugin per worker.
 
     Parameters
@@ -119,10 +111,9 @@ class Controller:
                  net_ms: float | None = RUNTIME_NET_MS, register: bool | None = None) -> None:
         settings = EpochSettings(epoch_s, poll_s, rate_threshold, headroom)
         fill = check_fill(fill)
-        if net_ms is not None and not (isinstance(net_ms, (int, float)) and net_ms >= 0):
-            raise ValueError(f"net_ms: must be a number >= 0, got {net_ms!r}")
+        check_settings(net_ms=net_ms, rpc_timeout_s=rpc_timeout_s, history=history, policy=policy)
         self._owns_client = isinstance(client, str)
-        self.client = _connected(client, security)
+        self.client = connected(client, security)
         self._cluster: Any = None  # set by ``start``: closed with the controller
         self._events: deque[dict[str, Any]] = deque(maxlen=200)
         self.io = ClusterIO(self.client, rpc_timeout_s)
@@ -134,7 +125,8 @@ class Controller:
                                   fill=fill, event=self._event)
         self._epoch = EpochLoop(self.io, self._deploy, settings, history=history, workers=set(states),
                                 event=self._event)
-        self._deploy.adopt(self.io.adoption(states, self.editor))  # what the backends already run, if anything
+        self._deploy.adopt(self.io.adoption(states, self.editor),  # what the backends already run, if anything
+                           {w: int(st.get("version", -1)) for w, st in states.items() if st})
         if auto:
             self._epoch.start()
         self._lab = self._register(register)
@@ -163,43 +155,67 @@ class Controller:
         return self._lab
 
     # ------------------------------------------------------------------------------------------ edits
-    def add_session(self, model: str, slo_ms: float, rate: float | None = None, name: str | None = None) -> str:
-        """Declare a session (``rate=None``: measure it); takes effect at ``apply()`` or the next epoch."""
+    def _edit(self, where: str, change: Callable[[WorkloadEditor], Any]) -> Any:
+        """Make one edit; undo it when the declared rates then need more GPUs than the cluster has workers
+        (refused before anything is packed, naming the field)."""
+        workers = len(self.io.usable())
         with self._deploy.lock:
-            added = self.editor.add_session(model, slo_ms, rate, name)
+            ed = self.editor
+            before = (dict(ed.sessions), dict(ed.queries), set(ed.measured))
+            out = change(ed)
+            try:
+                check_declared(ed.workload(), ed.measured, workers, where)
+            except WorkloadError:
+                ed.sessions, ed.queries, ed.measured = before
+                raise
+        return out
+
+    @guarded
+    def add_session(self, model: str, slo_ms: float, rate: float | None = None, name: str | None = None) -> str:
+        """Declare a session (``rate=None``: measure it); takes effect at ``apply()`` or the next epoch. A declared
+        rate that needs more GPUs than the cluster has is refused (``WorkloadError`` naming the field)."""
+        added = self._edit("add_session.rate", lambda ed: ed.add_session(model, slo_ms, rate, name))
         self._event("add_session", session=added)
         return added
 
+    @guarded
     def add_query(self, name: str, slo_ms: float, stages: Sequence[Mapping[str, Any]], rate: float | None = None
                   ) -> str:
         """Declare a query DAG: ``stages`` as in a workload file (``{name, model, parent, gamma}``)."""
-        with self._deploy.lock:
-            self.editor.add_query(name, slo_ms, stages, rate)
+        self._edit("add_query.rate", lambda ed: ed.add_query(name, slo_ms, stages, rate))
         self._event("add_query", query=name)
         return name
 
+    @guarded
     def set_slo(self, session: str, slo_ms: float) -> None:
-        with self._deploy.lock:
-            self.editor.set_slo(session, slo_ms)
+        check_name(session, "set_slo.session")
+        self._edit("set_slo.slo_ms", lambda ed: ed.set_slo(session, slo_ms))
 
+    @guarded
     def set_rate(self, session: str, rate: float | None) -> None:
-        """Declare a rate (req/s) or ``None`` to measure it."""
-        with self._deploy.lock:
-            self.editor.set_rate(session, rate)
+        """Declare a rate (req/s) or ``None`` to measure it; one the cluster cannot hold is refused."""
+        check_name(session, "set_rate.session")
+        self._edit("set_rate.rate", lambda ed: ed.set_rate(session, rate))
 
+    @guarded
     def remove(self, name: str) -> None:
+        check_name(name, "remove.name")
         with self._deploy.lock:
             self.editor.remove(name)
             self._deploy.pins.pop(name, None)
             self.monitor.forget(name)
 
+    @guarded
     def pin(self, session: str, gpu: int | str) -> None:
         """Place ``session``'s (first) GPU on worker ``gpu``: an index into the sorted workers or an address."""
+        check_name(session, "pin.session")
+        if isinstance(gpu, bool) or not isinstance(gpu, (int, str)):
+            raise WorkloadError(f"pin.gpu: must be a worker index or address, got {gpu!r}")
+        workers = self.workers()
         with self._deploy.lock:
             if session not in self.editor.names():
                 raise WorkloadError(f"pin.session: unknown session {session!r}")
-            workers = self.workers()
-            if isinstance(gpu, int) and not isinstance(gpu, bool):
+            if isinstance(gpu, int):
                 if not 0 <= gpu < len(workers):
                     raise WorkloadError(f"pin.gpu: must be in [0, {len(workers) - 1}], got {gpu}")
                 gpu = workers[gpu]
@@ -208,6 +224,7 @@ class Controller:
             self._deploy.pins[session] = gpu
 
     def unpin(self, session: str) -> None:
+        check_name(session, "unpin.session")
         with self._deploy.lock:
             self._deploy.pins.pop(session, None)
 
@@ -218,6 +235,7 @@ class Controller:
             return self.editor.workload()
 
     # ------------------------------------------------------------------------------------------ planning
+    @guarded
     def workers(self) -> list[str]:
         """The cluster's worker addresses, sorted (one GPU each)."""
         return self.io.workers()
@@ -227,18 +245,26 @@ class Controller:
         """How many GPUs (workers) the cluster has now."""
         return len(self.workers())
 
+    @guarded
     def plan(self) -> Plan:
-        """Preview: the plan ``apply()`` would run now, on as many GPUs as the cluster has workers."""
+        """Preview: the plan ``apply()`` would run now, on as many GPUs as the cluster has responsive workers."""
         return self._deploy.preview()
 
+    @guarded
     def apply(self, given: Plan | None = None) -> Plan:
         """Plan now and apply only the difference: workers that gain sessions load first; routes switch to the
-        ready ones; workers that lose sessions drain, then unload; finally the new routes. Returns the plan."""
+        ready ones; workers that lose sessions drain, then unload; finally the new routes. Returns the plan.
+        Plans without holding any lock; declared rates the cluster cannot hold are refused before planning."""
+        if given is not None and not isinstance(given, Plan):
+            raise WorkloadError(f"apply.given: must be a nexus_lab.planner.Plan or None, got {type(given).__name__}")
         return self._deploy.apply(given)
 
+    @guarded
     def apply_plan(self, plan: Plan) -> Plan:
         """Apply a given plan (e.g. a manual placement from the placement editor) the way ``apply`` applies its
         own: it must validate against the current workload first. Pause the epoch loop to keep it in place."""
+        if not isinstance(plan, Plan):
+            raise WorkloadError(f"apply_plan.plan: must be a nexus_lab.planner.Plan, got {type(plan).__name__}")
         return self._deploy.apply(plan)
 
     def on_plan(self, listener: Callable[[Plan, int], None]) -> Callable[[], None]:
@@ -247,46 +273,12 @@ class Controller:
         a listener that raises is logged and kept. Returns a function that unsubscribes it."""
         return self._deploy.on_plan(listener)
 
+    @guarded
     def set_batch_floor(self, on: bool | None) -> dict[str, dict[str, int]]:
         """Switch every backend's batch floor live (``NexusBackend(batch_floor=...)``; None: on for host-CPU
         devices only). Returns each worker's ``{session: floor}``; a worker that failed raises ``ApplyError``.
         Each backend tells its frontends how long it now holds small batches on its stream."""
-        return self._deploy.set_batch_floor(on)
-
-    # ------------------------------------------------------------------------------------------ serving
-    def infer(self, session: str, payload: Any = None, timeout_s: float | None = None) -> Any:
-        """One request, synchronously: the output, or ``Dropped`` / ``RequestFailed`` raised."""
-        return self.submit(session, payload).result(timeout_s)
-
-    def submit(self, session: str, payload: Any = None) -> concurrent.futures.Future:
-        """One request; a ``concurrent.futures.Future`` of its output. Unknown sessions and bad inputs raise
-        before anything is sent."""
-        served = self._deploy.sessions_served()
-        if session not in served:
-            known = sorted(n for n in served if "/" not in n)
-            raise WorkloadError(f"infer.session: unknown or unplanned session {session!r}; serving: {known}")
-        try:
-            return self.frontend.submit(session, payload)
-        except ValueError as exc:
-            raise WorkloadError(f"infer.{exc}") from None
-
-    async def ainfer(self, session: str, payload: Any = None) -> Any:
-        return await asyncio.wrap_future(self.submit(session, payload))
-
-    def query(self, name: str, frame: Any, timeout_s: float | None = None) -> dict[str, Any]:
-        """Run query ``name`` on one frame through its DAG with the plan's stage budgets."""
-        from ..runtime.queries import run_query
-
-        with self._deploy.lock:
-            q = self.editor.queries.get(name)
-            plan = self._deploy.plan
-        if q is None:
-            raise WorkloadError(f"query.name: unknown query {name!r}; known: {sorted(self.editor.queries)}")
-        qp = next((x for x in (plan.queries if plan else ()) if x.name == name), None)
-        if qp is None:
-            raise WorkloadError(f"query.name: {name!r} is not in the applied plan (call apply())")
-        parents = {st.name: (st.parents[0] if st.parents else None) for st in q.stages}
-        return run_query(self.frontend.submit_many, qp.to_dict(), frame, parents=parents, timeout_s=timeout_s)
+        return self._deploy.set_batch_floor(check_flag(on, "set_batch_floor.on"))
 
     # ------------------------------------------------------------------------------------------ epoch loop
     def pause(self) -> None:
@@ -296,6 +288,7 @@ class Controller:
     def resume(self) -> None:
         self._epoch.paused = False
 
+    @guarded
     def replan_now(self) -> None:
         """Ask the epoch loop to re-plan at its next poll (or apply at once when it does not run)."""
         if self._epoch.threaded:
@@ -303,14 +296,23 @@ class Controller:
         else:
             self.apply()
 
+    @guarded
     def tick(self) -> str | None:
         """One poll of the epoch loop: collect stats, fold arrivals into the rate monitor, and re-plan when the
         epoch is over, a measured rate moved, workers changed or ``replan_now`` asked. Returns why it
         re-planned, or None."""
         return self._epoch.tick()
 
+    @guarded
     def collect(self, workers: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Poll every backend's stats window once; keep it in the bounded history and feed the rate monitor."""
+        if workers is not None:
+            if isinstance(workers, str) or not isinstance(workers, Sequence):
+                raise WorkloadError(f"collect.workers: must be a list of worker addresses or None, got {workers!r}")
+            known = set(self.io.workers())
+            for k, w in enumerate(workers):
+                if check_name(w, f"collect.workers[{k}]") not in known:
+                    raise WorkloadError(f"collect.workers[{k}]: unknown worker {w!r}; workers: {sorted(known)}")
         return self._epoch.collect(workers)
 
     def measured_rates(self) -> dict[str, float]:
@@ -318,12 +320,15 @@ class Controller:
         return self._epoch.measured_rates()
 
     # ------------------------------------------------------------------------------------------ views
+    @guarded
     def stats(self, window_s: float | None = 10.0, since: float | None = None) -> dict[str, Any]:
         """Per session offered rate, goodput, SLO attainment, drops by reason, p50/p99; per GPU utilization.
 
         Over the stats windows of the last ``window_s`` seconds (``None``: the whole bounded history), or those
         starting at or after ``since`` (a ``time.time()`` value).
         """
+        check_number(window_s, "stats.window_s", ge=0.0, none=True)
+        check_number(since, "stats.since", none=True)
         if not self._epoch.running:
             self.collect()
         with self._deploy.lock:
@@ -361,8 +366,11 @@ class Controller:
         """Worker address -> the GPU plan (dict) it runs now."""
         return self._deploy.assignment()
 
+    @guarded
     def state(self) -> dict[str, Any]:
-        """A JSON-able snapshot for widgets and the JupyterLab panel."""
+        """A JSON-able snapshot for widgets and the JupyterLab panel; ``cluster`` also lists the workers that are
+        ``suspect`` (their streams fell silent) or ``unresponsive`` (their last poll timed out) and counts the
+        ``repairs`` of drifted backends."""
         st = self.stats(window_s=max(3 * self.poll_s, 5.0)) if self._epoch.history else {"sessions": {}, "gpus": {}}
         dep = self._deploy
         with dep.lock:
@@ -377,7 +385,8 @@ class Controller:
                            planned_at=planned_at,
                            cluster={"scheduler": self.client.scheduler.address, "device": self.device,
                                     "epoch_s": self.epoch_s, "paused": self._epoch.paused,
-                                    "dashboard_link": link})
+                                    "dashboard_link": link, "suspect": sorted(self.frontend.suspect_workers),
+                                    "unresponsive": sorted(self.io.unresponsive), "repairs": dep.repairs})
 
     def _repr_html_(self) -> str:
         return html.render(self.state())
@@ -392,7 +401,9 @@ class Controller:
         return self._epoch.stopped
 
     def close(self, timeout_s: float = 10.0) -> None:
-        """Stop the epoch loop and the frontend; close the client and cluster this controller started."""
+        """Stop the epoch loop and the frontend; close the client and cluster this controller started. Works after
+        the cluster is lost."""
+        check_number(timeout_s, "close.timeout_s", gt=0.0)
         if self._lab is not None:
             self._lab.close()
             self._lab = None

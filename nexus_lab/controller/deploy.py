@@ -1,5 +1,7 @@
 """The deployed plan: the workload editor, pins, the plan the backends run and on which workers, and applying a new
 plan as the difference (load first, switch routes, drain, unload) with notifications to the views that follow it.
+Planning happens outside the apply lock (a big workload never blocks another apply or the epoch loop); what the
+backends run is reconciled against the plan, and drift is repaired.
 
 Depends on the planner, the placement maths, the cluster I/O and a frontend's ``set_routes``; no threads of its own.
 """
@@ -9,19 +11,22 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from ..planner import Plan, plan_workload, validate
 from ..planner.api import session_profiles
-from ..workload import Workload
+from ..workload import Workload, WorkloadError
+from .checks import check_declared
 from .edits import WorkloadEditor, planned_rates
-from .placement import assign_gpus, routes_of, transition, worker_gpus
+from .placement import assign_gpus, gpu_key, routes_of, transition, worker_gpus
 from .rpc import Adopted, ClusterIO
 
 logger = logging.getLogger("nexus_lab.controller")
 
 __all__ = ["ApplyError", "Deployment"]
+
+_REPLANS = 3  # plans made for one apply while the workers keep changing under it
 
 
 class ApplyError(RuntimeError):
@@ -29,13 +34,19 @@ class ApplyError(RuntimeError):
 
 
 def session_table(plan: Plan, wl: Workload) -> dict[str, dict[str, Any]]:
-    """The frontend's and backends' info of every planned session: model, SLO, budget and what follows a batch."""
+    """The frontend's and backends' info of every planned session: model, SLO, budget, what follows a batch, and the
+    longest duty cycle it runs in (its backends' suspect bound is two of them)."""
     profiles = session_profiles(plan, wl)
+    cycles: dict[str, float] = {}
+    for g in plan.gpus:
+        for a in g.allocations:
+            cycles[a.session] = max(cycles.get(a.session, 0.0), float(g.duty_cycle_ms))
     out = {}
     for s in plan.sessions:
         prof = profiles.get(s.session)
         budget = prof.budget_ms(s.slo_ms, wl.net_ms) if prof is not None else s.slo_ms
-        out[s.session] = {"model": s.model, "slo_ms": float(s.slo_ms), "budget_ms": float(budget)}
+        out[s.session] = {"model": s.model, "slo_ms": float(s.slo_ms), "budget_ms": float(budget),
+                          "cycle_ms": cycles.get(s.session, 0.0)}
         if prof is not None:  # what the backend keeps back after a batch (the rest of L - L' is spent before)
             out[s.session].update(post_ms=float(prof.postprocess_ms), net_ms=float(wl.net_ms))
     return out
@@ -64,17 +75,21 @@ class Deployment:
         self.sessions: dict[str, dict[str, Any]] = {}  # the routed sessions' table
         self.planned_at: float | None = None
         self.planned_measured: dict[str, float] = {}  # measured rates at the last plan (the move threshold's base)
+        self.worker_version: dict[str, int] = {}  # the plan version each worker was last applied
+        self.repairs = 0  # workers re-applied because what they ran drifted from the plan
         self._listeners: list[Callable[[Plan, int], None]] = []
 
     # ------------------------------------------------------------------------------------------ adoption
-    def adopt(self, adopted: Adopted | None) -> None:
-        """Take over what the backends already run (a controller re-attaching): routes, plan and workload."""
+    def adopt(self, adopted: Adopted | None, versions: Mapping[str, int] | None = None) -> None:
+        """Take over what the backends already run (a controller re-attaching): routes, plan and workload;
+        ``versions`` is the plan version each backend reports."""
         if adopted is None:
             return
         with self.lock:
             self.editor = adopted.editor
             self.plan, self.pins = adopted.plan, dict(adopted.pins)
             self.current, self.version = dict(adopted.current), adopted.version
+            self.worker_version = {w: int(v) for w, v in (versions or {}).items() if w in adopted.current}
             self.sessions = dict(adopted.sessions)
             self.planned_at = time.time()
             self.planned_measured = planned_rates(self.editor.workload())
@@ -87,6 +102,7 @@ class Deployment:
         with self.lock:
             for w in gone:
                 self.current.pop(w, None)
+                self.worker_version.pop(w, None)
             routes = {s: r for s, r in routes_of(self.current).items() if s in self.sessions}
             table = dict(self.sessions)
         self.frontend.set_routes(routes, table)
@@ -95,7 +111,7 @@ class Deployment:
     def on_plan(self, listener: Callable[[Plan, int], None]) -> Callable[[], None]:
         """Call ``listener(plan, version)`` after every applied plan; returns a function that unsubscribes it."""
         if not callable(listener):
-            raise TypeError(f"listener: must be callable, got {type(listener).__name__}")
+            raise WorkloadError(f"on_plan.listener: must be callable, got {type(listener).__name__}")
         with self.lock:
             self._listeners.append(listener)
 
@@ -123,41 +139,62 @@ class Deployment:
 
     # ------------------------------------------------------------------------------------------ applying
     def preview(self) -> Plan:
-        """The plan ``apply()`` would run now, on as many GPUs as the cluster has workers."""
-        workers = self.io.workers()
+        """The plan ``apply()`` would run now, on as many GPUs as the cluster has responsive workers."""
+        workers = self.io.usable()
         if not workers:
             raise RuntimeError("cluster: no workers")
         with self.lock:
-            wl = self.editor.workload()
+            wl, measured = self.editor.workload(), set(self.editor.measured)
+        check_declared(wl, measured, len(workers), "plan")
         return plan_workload(wl, self.policy, gpus=len(workers), fill=self.fill)
 
-    def apply(self, given: Plan | None = None) -> Plan:
+    def apply(self, given: Plan | None = None, *, strict: bool = True) -> Plan:
         """Plan now (or validate ``given``) and apply only the difference; listeners hear of a new version after
-        the apply lock is released. Raises ``ApplyError`` when backends refused their part."""
+        the apply lock is released. Raises ``ApplyError`` when backends refused their part.
+
+        Planning runs outside the apply lock, which is held only while the plan is applied: a workload that takes
+        long to plan blocks no other apply and no epoch. A workload edited meanwhile is the next epoch's. When the
+        workers changed during planning, it plans again. ``strict`` refuses declared rates beyond the cluster
+        (``checks.check_declared``); the epoch loop's re-plans pass False and leave overload to the planner,
+        which scales it down to the cluster.
+        """
         before = self.version
         try:
-            with self._apply_lock:
-                return self._apply(given)
+            for _ in range(_REPLANS):
+                workers, wl, plan = self._plan(given, strict)
+                with self._apply_lock:
+                    if self.io.usable() == workers:
+                        return self._apply(plan, wl, workers)
+            raise ApplyError(f"the cluster's workers changed during each of {_REPLANS} plans; apply again")
         finally:
             if self.version != before:
                 self._notify(self.version)
 
-    def _apply(self, given: Plan | None) -> Plan:
-        started = time.time()
-        workers = self.io.workers()
+    def _plan(self, given: Plan | None, strict: bool) -> tuple[list[str], Workload, Plan]:
+        """The workers planned for, the workload planned and its plan (or ``given``, validated); no lock held
+        while the planner runs."""
+        workers = self.io.usable()
         if not workers:
             raise RuntimeError("cluster: no workers")
         with self.lock:
-            wl = self.editor.workload()
+            wl, measured = self.editor.workload(), set(self.editor.measured)
+        if given is None:
+            if strict:
+                check_declared(wl, measured, len(workers), "apply")
+            return workers, wl, plan_workload(wl, self.policy, gpus=len(workers), fill=self.fill)
+        if not isinstance(given, Plan):
+            raise WorkloadError(f"apply_plan.plan: must be a nexus_lab.planner.Plan, got {type(given).__name__}")
+        if given.num_gpus > len(workers):
+            raise ValueError(f"plan.gpus: {given.num_gpus} GPUs, but the cluster has {len(workers)} workers")
+        validate(given, wl)
+        return workers, wl, given
+
+    def _apply(self, plan: Plan, wl: Workload, workers: list[str]) -> Plan:
+        """Under the apply lock: move the workers from what they run to ``plan``."""
+        started = time.time()
+        with self.lock:
             pins = dict(self.pins)
             old = {w: self.current.get(w) for w in workers}
-        if given is None:
-            plan = plan_workload(wl, self.policy, gpus=len(workers), fill=self.fill)
-        else:
-            if given.num_gpus > len(workers):
-                raise ValueError(f"plan.gpus: {given.num_gpus} GPUs, but the cluster has {len(workers)} workers")
-            validate(given, wl)
-            plan = given
         new = worker_gpus(plan, assign_gpus(plan, workers, old, pins), workers)
         tr = transition(old, new)
         sessions = session_table(plan, wl)
@@ -188,6 +225,8 @@ class Deployment:
             self.current = actual
             self.plan = plan
             self.version = version
+            self.worker_version = {w: v for w, v in self.worker_version.items() if w in actual}
+            self.worker_version.update({w: version for w in tr.changed if w not in errors})
             self.sessions = {s: table[s] for s in final if s in table}
             self.planned_at = time.time()
             self.planned_measured = planned_rates(wl)
@@ -200,6 +239,47 @@ class Deployment:
             raise ApplyError("; ".join(f"{w}: {e}" for w, e in sorted(errors.items())))
         return plan
 
+    def drifted(self, versions: Mapping[str, Any]) -> list[str]:
+        """Workers whose reported plan version (``nexus_stats``' ``version``) is not the one applied to them: a
+        cheap sign of drift, checked on every poll."""
+        with self.lock:
+            known = dict(self.worker_version)
+        return sorted(w for w, v in versions.items() if w in known and v is not None and v != known[w])
+
+    def reconcile(self, states: Mapping[str, dict | None], as_of: int) -> list[str]:
+        """Compare what each backend runs (``nexus_state``, read at plan version ``as_of``) with its part of the
+        plan and re-apply that part where they differ (a rogue ``nexus_apply``, a backend that was planned around
+        while it hung). Returns the workers repaired; skipped while an apply is under way or when one finished
+        after the states were read (it set every worker it touched)."""
+        if not self._apply_lock.acquire(blocking=False):
+            return []
+        try:
+            with self.lock:
+                if self.version != as_of:
+                    return []
+                believed, table, version = dict(self.current), dict(self.sessions), self.version
+                groups = [dict(g) for g in (self.plan.prefix_groups if self.plan else ())]
+            drift = {w: st for w, st in states.items()
+                     if isinstance(st, dict) and gpu_key(st.get("gpu")) != gpu_key(believed.get(w))}
+            if not drift:
+                return []
+            calls = {w: ("nexus_apply", {"gpu": believed.get(w), "sessions": table, "version": version,
+                                         "prefix_groups": groups}) for w in drift}
+            replies = self.io.call(calls)
+            fixed = sorted(w for w, r in replies.items() if isinstance(r, dict) and not r.get("error"))
+            with self.lock:
+                self.repairs += len(fixed)
+                self.worker_version.update({w: version for w in fixed if w in self.current})
+            for w in sorted(drift):
+                ran = drift[w].get("gpu")
+                self._event("repaired" if w in fixed else "repair_failed", worker=w,
+                            ran=sorted(a["session"] for a in (ran or {}).get("allocations", ())),
+                            planned=sorted(a["session"] for a in (believed.get(w) or {}).get("allocations", ())),
+                            ran_version=drift[w].get("version"), error=None if w in fixed else repr(replies.get(w)))
+            return fixed
+        finally:
+            self._apply_lock.release()
+
     def _publish(self, wl: Workload, plan: Plan, version: int) -> None:
         from ..runtime.frontend import ROUTES_KEY
 
@@ -211,7 +291,7 @@ class Deployment:
     def set_batch_floor(self, on: bool | None) -> dict[str, dict[str, int]]:
         """Switch every backend's batch floor live; each backend tells its frontends its new holds on its stream.
         Returns each worker's ``{session: floor}``; a worker that failed raises ``ApplyError``."""
-        replies = self.io.call({w: ("nexus_configure", {"batch_floor": on}) for w in self.io.workers()})
+        replies = self.io.call({w: ("nexus_configure", {"batch_floor": on}) for w in self.io.usable()})
         bad = {w: r for w, r in replies.items() if not isinstance(r, dict)}
         if bad:
             raise ApplyError(f"set_batch_floor failed on {sorted(bad)}: {next(iter(bad.values()))!r}")

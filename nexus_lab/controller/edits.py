@@ -20,7 +20,10 @@ from ..workload import (
     Workload,
     WorkloadError,
     check_session,
+    name_fields,
     parse_workload,
+    reserved_names,
+    stage_session,
 )
 
 #: Planning rate of a session whose rate is to be measured, until the first measurement (req/s).
@@ -100,6 +103,18 @@ class WorkloadEditor:
     def names(self) -> set[str]:
         return set(self.sessions) | set(self.queries)
 
+    def _claim(self, names: Sequence[str], where: str) -> None:
+        """Refuse a name already in the one namespace of sessions, queries and stages (``query/stage``), naming
+        both fields, or one that starts like the planner's prefix sessions."""
+        taken = name_fields(tuple(self.sessions.values()), tuple(self.queries.values()), by_name=True)
+        for n in names:
+            if n in taken:
+                raise WorkloadError(f"{where}: {n!r} collides with {taken[n]} (sessions, queries and query "
+                                    f"stages 'query/stage' share one namespace)")
+            hit = next((r for r in reserved_names(self.base.models) if n.startswith(r)), None)
+            if hit is not None:
+                raise WorkloadError(f"{where}: {n!r} starts with {hit!r}, reserved for prefix sessions")
+
     def add_session(self, model: str, slo_ms: float, rate: float | None = None, name: str | None = None) -> str:
         """Add a session; returns its name (``model:slo`` unless ``name`` is given)."""
         where = "add_session"
@@ -112,6 +127,7 @@ class WorkloadEditor:
         check_session(spec, self.base.models, where)
         if spec.name in self.names():
             raise WorkloadError(f"{where}.name: {spec.name!r} already exists (remove it first or pass name=)")
+        self._claim([spec.name], f"{where}.name")
         self.sessions[spec.name] = spec
         if rate is None:
             self.measured.add(spec.name)
@@ -141,6 +157,9 @@ class WorkloadEditor:
             q = parse_workload(raw).queries[0]
         except WorkloadError as exc:
             raise WorkloadError(str(exc).replace("queries[0]", where, 1)) from None
+        self._claim([name], "add_query.name")
+        for st in q.stages:
+            self._claim([stage_session(name, st.name)], f"{where}.stages[{st.name!r}].name")
         self.queries[name] = q
         if rate is None:
             self.measured.add(name)

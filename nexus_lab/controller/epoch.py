@@ -1,7 +1,10 @@
 """The epoch loop: poll the backends' stats windows, fold arrivals into the rate monitor, and re-plan when the epoch
-is over, a measured rate rose past the threshold, workers joined or left, or a re-plan was asked for.
+is over, a measured rate rose past the threshold, workers joined, left, stopped or resumed answering, or a re-plan
+was asked for. It also reconciles what the backends run with the plan (every epoch, and at once for a worker whose
+reported plan version is not the one applied to it) and repairs drift.
 
-Owns the loop thread, the bounded stats history and the latest batch traces; plans through the ``Deployment``.
+Polls are bounded (``rpc.POLL_TIMEOUT_S``): a hung worker is reported unresponsive and planned around, never waited
+for. Owns the loop thread, the bounded stats history and the latest batch traces; plans through the ``Deployment``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from ..planner.api import stage_session
 from .deploy import Deployment
 from .edits import INITIAL_RATE
 from .rates import RateMonitor, moved
-from .rpc import ClusterIO
+from .rpc import POLL_TIMEOUT_S, ClusterIO, ClusterLost
 from .stats import arrivals_of, strip_window
 
 logger = logging.getLogger("nexus_lab.controller")
@@ -62,6 +65,11 @@ class EpochLoop:
         self._replan = threading.Event()
         self.paused = False
         self.known_workers = set(workers)  # a change re-plans
+        self.hung: set[str] = set()  # workers unresponsive at the last poll (planned around)
+        self._missed: set[str] = set()  # workers that did not answer their latest poll
+        self._versions: dict[str, Any] = {}  # worker -> plan version its last stats window reported
+        self._reconciled = time.time()
+        self._lost_logged = False
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------------------------------ the thread
@@ -95,6 +103,11 @@ class EpochLoop:
         while not self._stop.wait(self.settings.poll_s):
             try:
                 self.tick()
+                self._lost_logged = False
+            except ClusterLost as exc:  # said once; calls on the controller raise it too
+                if not self._lost_logged and not self._stop.is_set():
+                    self._lost_logged = True
+                    self._event("cluster_lost", error=str(exc))
             except Exception as exc:  # the loop must outlive a failed poll (e.g. a worker dying mid-call)
                 if not self._stop.is_set():
                     logger.warning("epoch loop: %s", exc, exc_info=True)
@@ -110,12 +123,23 @@ class EpochLoop:
         if set(workers) != self.known_workers:
             reason = f"workers changed (+{len(set(workers) - self.known_workers)} -{len(gone)})"
             self.known_workers = set(workers)
+        self.io.unresponsive = self.io.unresponsive & set(workers)
         if gone:
             self.deployment.drop_workers(gone)
         self.collect(workers)
+        newly, back = self.io.unresponsive - self.hung, self.hung - self.io.unresponsive
+        self.hung = set(self.io.unresponsive)
+        if newly:  # stop routing there at once; the re-plan below moves their sessions
+            self.deployment.drop_workers(newly)
+            self._event("unresponsive", workers=sorted(newly), timeout_s=POLL_TIMEOUT_S)
+        if back:
+            self._event("responsive", workers=sorted(back))
+        if (newly or back) and reason is None:
+            reason = f"workers unresponsive (+{len(newly)} -{len(back)})"
+        self._reconcile(workers)
         if self._replan.is_set():
             reason = reason or "requested"
-        if self.paused and not gone:
+        if self.paused and not gone and not newly:
             return None
         dep = self.deployment
         if reason is None and dep.planned_at is not None and time.time() - dep.planned_at >= self.settings.epoch_s:
@@ -135,7 +159,7 @@ class EpochLoop:
             if not dep.editor.names():
                 dep.planned_at = time.time()
                 return None
-        dep.apply()
+        dep.apply(strict=False)  # measured overload is scaled down to the cluster, never refused
         with dep.lock:
             # What the move threshold compares against: the measured rates, without the headroom.
             dep.planned_measured.update({n: max(r, INITIAL_RATE) for n, r in self.measured_rates().items()})
@@ -145,10 +169,12 @@ class EpochLoop:
     def collect(self, workers: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Poll every backend's stats window once; keep it in the bounded history and feed the rate monitor."""
         workers = list(workers if workers is not None else self.io.workers())
-        replies = self.io.call({w: ("nexus_stats", {}) for w in workers}, timeout=10.0)
+        replies = self.io.poll("nexus_stats", workers)
+        self._judge(replies)
         windows = []
         for w, r in replies.items():
             if isinstance(r, dict):
+                self._versions[w] = r.get("version")
                 windows.append(strip_window(w, r))
                 if r.get("trace"):
                     self._traces[w] = list(r["trace"])[-TRACE_KEEP:]
@@ -172,6 +198,31 @@ class EpochLoop:
         self.monitor.observe(keyed, span, sessions=set(keyed))
         self.history.extend(windows)
         return windows
+
+    def _judge(self, replies: dict[str, Any]) -> None:
+        """A worker that did not answer a poll is unresponsive when the frontend suspects it too (its stream fell
+        silent with requests in flight) or it missed the previous poll as well: one slow reply on a busy host is
+        not a hang. An answer makes it responsive again."""
+        silent = self.io.silent(replies)
+        suspects = set(getattr(self.deployment.frontend, "suspect_workers", ()))
+        hung = {w for w in silent if w in suspects or w in self._missed}
+        self._missed = (self._missed - set(replies)) | silent
+        self.io.unresponsive = (self.io.unresponsive - set(replies)) | hung
+
+    def _reconcile(self, workers: Sequence[str]) -> None:
+        """Every ``epoch_s`` every responsive worker, and at once each whose stats reported another plan version
+        than the one applied to it: compare what it runs with the plan and repair drift (``Deployment.reconcile``)."""
+        dep = self.deployment
+        due = time.time() - self._reconciled >= self.settings.epoch_s
+        targets = [w for w in (workers if due else dep.drifted(self._versions)) if w not in self.io.unresponsive]
+        if due:
+            self._reconciled = time.time()
+        if not targets:
+            return
+        as_of = dep.version
+        fixed = dep.reconcile(self.io.states(targets, timeout=POLL_TIMEOUT_S), as_of)
+        for w in fixed:
+            self._versions.pop(w, None)  # its next window reports the re-applied version
 
     def _measure_fanout(self) -> None:
         """Set each measured query's stage fan-outs to the measured ratio of stage to parent arrivals."""

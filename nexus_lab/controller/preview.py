@@ -12,6 +12,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..planner import Plan, plan_workload, query_budgets
+from ..planner.bounds import DEFAULT_MAX_GPUS, check_bound
 from ..planner.manual import moved_sessions
 from ..planner.query import split_cost
 from ..workload import Workload, WorkloadError
@@ -51,19 +52,22 @@ def edited_workload(workload: Workload, edits: Mapping[str, Mapping[str, Any]], 
 
 def preview_edits(workload: Workload, edits: Mapping[str, Mapping[str, Any]], *, before: Plan | None = None,
                   policy: str = "nexus", gpus: int | None = None, profile_set: str | None = None,
-                  fill: float = 1.0) -> Preview:
+                  fill: float = 1.0, max_gpus: int = DEFAULT_MAX_GPUS, what: str = "max_gpus") -> Preview:
     """Plan ``workload`` with ``edits`` and compare with ``before`` (default: the plan of ``workload`` itself).
 
-    Refuses with the reason when the workload editor rejects a value or the planner cannot serve an edited
+    Refuses with the reason when the workload editor rejects a value, when the edited workload needs more than
+    ``max_gpus`` GPUs (``planner.check_bound``'s message, ``what`` naming the limit, e.g. ``"cluster size"``;
+    checked before planning, so an absurd rate costs nothing), or when the planner cannot serve an edited
     session (``plan.unserved`` gives its reason).
     """
     if before is None:
-        before = plan_workload(workload, policy, gpus=gpus, fill=fill)
+        before = plan_workload(workload, policy, gpus=gpus, fill=fill, max_gpus=max(max_gpus, gpus or 1))
     try:
         wl = edited_workload(workload, edits, profile_set)
+        check_bound(wl, max_gpus, what, by_name=True)
+        after = plan_workload(wl, policy, gpus=gpus, fill=fill, max_gpus=max(max_gpus, gpus or 1))
     except WorkloadError as exc:
         return Preview(before.num_gpus, None, error=str(exc))
-    after = plan_workload(wl, policy, gpus=gpus, fill=fill)
     bad = [u for u in after.unserved if u.session in edits or u.session.split("/")[0] in edits]
     if bad:
         return Preview(before.num_gpus, after.num_gpus, error="; ".join(f"{u.session}: {u.reason}" for u in bad),
@@ -89,17 +93,20 @@ class QueryPreview:
 
 
 def preview_query(workload: Workload, name: str, slo_ms: float, stages: Sequence[Mapping[str, Any]],
-                  rate: float | None = None, profile_set: str | None = None) -> QueryPreview:
-    """Check a query with the workload editor, then split its SLO (planner's DP and even splits) and price both
-    in GPUs (``planner.query.split_cost``). Replaces a query of the same name."""
+                  rate: float | None = None, profile_set: str | None = None, *, max_gpus: int = DEFAULT_MAX_GPUS,
+                  what: str = "max_gpus") -> QueryPreview:
+    """Check a query with the workload editor and against ``max_gpus`` (as ``preview_edits``), then split its SLO
+    (planner's DP and even splits) and price both in GPUs (``planner.query.split_cost``). Replaces a query of
+    the same name."""
     ed = WorkloadEditor.from_workload(workload, profile_set)
     try:
         if name in ed.queries:
             ed.remove(name)
         ed.add_query(name, slo_ms, stages, rate)
+        wl = ed.workload()
+        check_bound(wl, max_gpus, what, by_name=True)
     except WorkloadError as exc:
         return QueryPreview(name, {}, {}, None, None, error=str(exc))
-    wl = ed.workload()
     only = replace(wl, sessions=(), queries=tuple(q for q in wl.queries if q.name == name))
     q = only.queries[0]
     try:

@@ -1,6 +1,8 @@
 """Cluster I/O of the controller: RPC fan-out to the workers' ``nexus_*`` backend handlers, registering the backend
 plugin on a bare cluster, the scheduler metadata a later controller adopts, and reading what the cluster already runs.
 
+The boundary where distributed's failures become the controller's: a worker that does not answer a short poll is
+*unresponsive* (planned around until it answers again), and a scheduler that cannot be reached is ``ClusterLost``.
 Depends on distributed's client only through the object it is given; no planning, no threads of its own.
 """
 
@@ -19,10 +21,27 @@ from .placement import routes_of
 
 logger = logging.getLogger("nexus_lab.controller")
 
-__all__ = ["META_KEY", "Adopted", "ClusterIO"]
+__all__ = ["META_KEY", "POLL_TIMEOUT_S", "Adopted", "ClusterIO", "ClusterLost", "connected"]
 
 META_KEY = "nexus_lab-controller"  # scheduler metadata: the workload and plan the backends run (for adoption)
 DEFAULT_DEVICE = "simulated:titan-x-pascal"
+#: How long a stats or state poll waits for a worker: one that takes longer did not answer (a hung process must
+#: not block the epoch loop; a healthy backend answers in milliseconds).
+POLL_TIMEOUT_S = 2.0
+
+
+class ClusterLost(RuntimeError):
+    """The Dask scheduler cannot be reached (closed, crashed, or the connection to it is gone): the controller can
+    do nothing on the cluster any more. Close it and start or attach a new one."""
+
+
+def connected(client: Any, security: Any) -> Any:
+    """A ``distributed.Client``: ``client`` itself, or one connected to the scheduler address ``client``."""
+    if not isinstance(client, str):
+        return client
+    from distributed import Client
+
+    return Client(client, security=security, set_as_default=False)
 
 
 @dataclass
@@ -44,9 +63,33 @@ class ClusterIO:
     def __init__(self, client: Any, rpc_timeout_s: float = 30.0) -> None:
         self.client = client
         self.rpc_timeout_s = float(rpc_timeout_s)
+        self.unresponsive: set[str] = set()  # workers that stopped answering polls (the epoch loop judges)
+
+    def lost(self) -> str | None:
+        """Why the scheduler cannot be reached, or None while the client is connected."""
+        status = getattr(self.client, "status", "running")
+        if status == "running" and getattr(self.client, "scheduler", None) is not None:
+            return None
+        return f"the Dask scheduler cannot be reached (client status {status!r})"
+
+    def check(self) -> None:
+        """``ClusterLost`` once the scheduler cannot be reached."""
+        why = self.lost()
+        if why is not None:
+            raise ClusterLost(why)
 
     def workers(self) -> list[str]:
-        return sorted(self.client.scheduler_info(n_workers=-1)["workers"])
+        """Every worker the scheduler knows, sorted (unresponsive ones included)."""
+        self.check()
+        info = self.client.scheduler_info(n_workers=-1)
+        if "workers" not in info:  # the scheduler went away during the call
+            self.check()
+            raise ClusterLost("the Dask scheduler did not answer with its workers")
+        return sorted(info["workers"])
+
+    def usable(self) -> list[str]:
+        """The workers to plan on: every worker but the unresponsive ones."""
+        return [w for w in self.workers() if w not in self.unresponsive]
 
     async def _call_each(self, calls: Mapping[str, tuple[str, dict[str, Any]]], timeout: float) -> dict[str, Any]:
         """Run ``op(**kw)`` on each worker's backend concurrently; an exception is returned in place of a reply."""
@@ -63,13 +106,24 @@ class ClusterIO:
         """``{worker: (handler, kwargs)}`` -> ``{worker: reply or exception}``."""
         if not calls:
             return {}
+        self.check()
         return self.client.sync(self._call_each, calls, timeout or self.rpc_timeout_s)
 
-    def states(self, workers: Sequence[str] | None = None) -> dict[str, dict | None]:
+    def states(self, workers: Sequence[str] | None = None, timeout: float = 10.0) -> dict[str, dict | None]:
         """Each worker's ``nexus_state`` (None: no backend there, or it did not answer)."""
         workers = self.workers() if workers is None else workers
-        replies = self.call({w: ("nexus_state", {}) for w in workers}, timeout=10.0)
+        replies = self.call({w: ("nexus_state", {}) for w in workers}, timeout=timeout)
         return {w: (r if isinstance(r, dict) else None) for w, r in replies.items()}
+
+    def poll(self, op: str, workers: Sequence[str]) -> dict[str, Any]:
+        """``op`` on each worker with the short ``POLL_TIMEOUT_S`` (a hung worker must not block the caller);
+        replies as ``call`` gives them, a ``TimeoutError`` for each worker that took longer."""
+        return self.call({w: (op, {}) for w in workers}, timeout=POLL_TIMEOUT_S)
+
+    @staticmethod
+    def silent(replies: Mapping[str, Any]) -> set[str]:
+        """The workers of ``replies`` that did not answer: timed out, or their connection failed."""
+        return {w for w, r in replies.items() if isinstance(r, (TimeoutError, OSError))}
 
     def connect(self, device: str | None) -> tuple[str, dict[str, dict | None]]:
         """The device the backends run (``device`` when given) and their states, after registering the backend

@@ -1,7 +1,9 @@
 """Self-registration of live controllers for the JupyterLab panel: one 0600 file in the Jupyter runtime directory each.
 
 Each registration serves the controller's ``PanelControl`` (``state()``, ``replan_now()``, ``pause()``, ``resume()``)
-on 127.0.0.1 only, behind a random bearer token kept in the file. Standard library, ``jupyter_core`` and the typing-only
+on 127.0.0.1 only, behind a random bearer token kept in the file. Any local user can connect to that port, so each
+connection gets its own thread and a socket timeout (an idle one stalls nothing), bodies are bounded, and nothing
+is ever printed into the kernel. Standard library, ``jupyter_core`` and the typing-only
 ``nexus_lab.controller.protocol``; must not import the controller, Dask, tornado or jupyter_server (the kernel side
 stays light; the server side only reads the files).
 """
@@ -19,7 +21,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,10 @@ ACTIONS = ("replan", "pause", "resume")
 _ID_RE = re.compile(r"^[0-9a-f]{8,64}$")
 #: Keys of a registration file; ``port`` and ``token`` never leave the server side.
 PUBLIC_KEYS = ("id", "name", "pid", "kernel_id", "created", "host")
+#: Seconds a connection may sit silent (mid-request or between keep-alive requests) before it is closed.
+SOCKET_TIMEOUT_S = 5.0
+#: The largest request body read (bytes); the panel's actions send none.
+MAX_BODY = 65536
 
 
 def registry_dir(runtime_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -170,22 +176,47 @@ def _json_default(x: Any) -> Any:
     return str(x)
 
 
+class _Server(ThreadingHTTPServer):
+    """One daemon thread per connection: a silent or slow client holds only its own thread, until its timeout."""
+
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that hangs up or misbehaves is its own problem: no traceback on the kernel's stderr."""
+        return
+
+
+def _body_length(value: str | None) -> int | None:
+    """``Content-Length`` as a byte count; None when malformed (not ASCII digits). Never raises: ``int`` would on
+    other Unicode digits and on more than 4300 of them."""
+    if value is None:
+        return 0
+    value = value.strip()
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return int(value) if len(value) <= 18 else sys.maxsize
+
+
 def _make_handler(reg: Registration) -> type[BaseHTTPRequestHandler]:
     class _Handler(BaseHTTPRequestHandler):
-        """Runs on the registration's daemon thread, one request at a time: controller methods must be thread-safe."""
+        """Runs on its connection's thread; controller calls take the registration's lock, one at a time."""
 
         protocol_version = "HTTP/1.1"
         server_version = "nexus-lab"
+        timeout = SOCKET_TIMEOUT_S  # per socket operation (StreamRequestHandler.setup)
 
         def log_message(self, format: str, *args: Any) -> None:
             return
 
-        def _send(self, status: int, body: dict[str, Any]) -> None:
+        def _send(self, status: int, body: dict[str, Any], close: bool = False) -> None:
             data = json.dumps(body, default=_json_default, allow_nan=False).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
             self.send_header("Cache-Control", "no-store")
+            if close:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.end_headers()
             self.wfile.write(data)
 
@@ -195,13 +226,29 @@ def _make_handler(reg: Registration) -> type[BaseHTTPRequestHandler]:
 
         def _call(self, fn: Callable[[], Any]) -> None:
             try:
-                result = fn()
+                with reg.calls:
+                    result = fn()
             except Exception as exc:
                 self._send(500, {"error": "controller-error", "message": f"{type(exc).__name__}: {exc}"})
                 return
             self._send(200, result)
 
+        def _read_body(self) -> bool:
+            """Read (and drop) the body; answer 400/413 and close when its length is malformed or too large."""
+            length = _body_length(self.headers.get("Content-Length"))
+            if length is None:
+                self._send(400, {"error": "bad-request", "message": "Content-Length: must be a byte count"}, True)
+                return False
+            if length > MAX_BODY:
+                self._send(413, {"error": "too-large", "message": f"body: at most {MAX_BODY} bytes"}, True)
+                return False
+            if length:
+                self.rfile.read(length)
+            return True
+
         def do_GET(self) -> None:
+            if not self._read_body():
+                return
             if not self._authorized():
                 self._send(403, {"error": "forbidden", "message": "bad or missing bearer token"})
             elif self.path == "/state":
@@ -210,9 +257,8 @@ def _make_handler(reg: Registration) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": "not-found", "message": f"no route {self.path}"})
 
         def do_POST(self) -> None:
-            length = int(self.headers.get("Content-Length") or 0)
-            if length:
-                self.rfile.read(min(length, 65536))
+            if not self._read_body():
+                return
             action = self.path.lstrip("/")
             if not self._authorized():
                 self._send(403, {"error": "forbidden", "message": "bad or missing bearer token"})
@@ -249,8 +295,9 @@ def _finite(x: Any) -> Any:
 class Registration:
     """One controller's registration: its file and its 127.0.0.1 server, from ``register()`` until ``close()``.
 
-    The server runs on a daemon thread; ``close()`` (idempotent) stops it and removes the file, and is also run at
-    interpreter exit. A kernel killed outright leaves its file behind: readers treat a dead pid as gone.
+    The server runs on daemon threads (one accepting, one per connection); ``close()`` (idempotent) stops it and
+    removes the file, and is also run at interpreter exit. A kernel killed outright leaves its file behind: readers
+    treat a dead pid as gone.
     """
 
     def __init__(self, controller: PanelControl, name: str | None = None,
@@ -266,8 +313,9 @@ class Registration:
         self.kernel_id = current_kernel_id()
         self._closed = False
         self._lock = threading.Lock()
+        self.calls = threading.Lock()  # controller methods run one at a time, as on one server thread
         # port 0: the OS picks a free port; the host is fixed to loopback, never all interfaces
-        self._server = HTTPServer(("127.0.0.1", 0), _make_handler(self))
+        self._server = _Server(("127.0.0.1", 0), _make_handler(self))
         self.host, self.port = self._server.server_address[:2]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.5},
                                         name=f"nexus-lab-registry-{self.id}", daemon=True)

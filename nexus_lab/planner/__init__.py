@@ -4,13 +4,16 @@ Pure and deterministic: no Dask, no I/O beyond what the workload loader reads.
 """
 
 from .api import demands, plan_workload, policies, query_budgets, stage_session, validate
+from .bounds import DEFAULT_MAX_GPUS, GpuLimitError, check_bound, gpus_needed
 from .plan import Allocation, GpuPlan, Plan, PlannedSession, QueryPlan, StageBudget, Unserved
 from .squishy import Demand, lower_bound, squishy_pack
 from .validate import PlanInvalid
 
 __all__ = [
+    "DEFAULT_MAX_GPUS",
     "Allocation",
     "Demand",
+    "GpuLimitError",
     "GpuPlan",
     "Plan",
     "PlanInvalid",
@@ -18,7 +21,9 @@ __all__ = [
     "QueryPlan",
     "StageBudget",
     "Unserved",
+    "check_bound",
     "demands",
+    "gpus_needed",
     "lower_bound",
     "plan_workload",
     "policies",

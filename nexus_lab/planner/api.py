@@ -7,13 +7,16 @@ every rate that fits; ``validate`` re-checks any plan from the workload alone. P
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
+from ..fields import label
 from ..profiles import ModelProfile
-from ..workload import Workload
+from ..workload import Workload, stage_session
 from . import prefix as prefix_mod
 from . import query as query_mod
+from .bounds import DEFAULT_MAX_GPUS, GpuLimitError, check_bound, check_max_gpus, format_gpus, gpus_needed
 from .plan import GpuPlan, Plan, PlannedSession, QueryPlan, StageBudget, Unserved
 from .squishy import Demand, lower_bound, renumber, squishy_pack
 from .validate import PlanInvalid, plan_violations
@@ -21,23 +24,25 @@ from .validate import PlanInvalid, plan_violations
 Packer = Callable[[Sequence[Demand], float, "int | None"], "tuple[list[GpuPlan], list[Unserved]]"]
 
 
-def stage_session(query: str, stage: str) -> str:
-    """Name of the session that serves one query stage."""
-    return f"{query}/{stage}"
-
-
 def query_budgets(workload: Workload, split: str = "dp") -> dict[str, dict[str, float]]:
     """Per query, per stage, the latency budget (ms) the chosen split gives it (``dp``: fewest GPUs; ``even``)."""
     splitter = {"dp": query_mod.optimal_split, "even": query_mod.even_split}
-    if split not in splitter:
-        raise ValueError(f"split: must be one of {sorted(splitter)}, got {split!r}")
+    if not isinstance(split, str) or split not in splitter:
+        raise ValueError(f"split: must be one of {sorted(splitter)}, got {label(split)}")
     return {q.name: splitter[split](q, workload) for q in workload.queries}
 
 
 def demands(workload: Workload, budgets: Mapping[str, Mapping[str, float]] | None = None) -> list[Demand]:
     """Sessions and query stages as units to pack, each with its profile and device budget L'."""
-    out = [Demand(PlannedSession(s.name, s.model, s.slo_ms, s.rate), workload.profile(s.model),
-                  workload.budget_ms(s.model, s.slo_ms)) for s in workload.sessions]
+    known: dict[tuple[str, float], tuple[ModelProfile, float]] = {}  # many sessions share a model and an SLO
+
+    def unit(model: str, slo: float) -> tuple[ModelProfile, float]:
+        if (model, slo) not in known:
+            known[model, slo] = (workload.profile(model), workload.budget_ms(model, slo))
+        return known[model, slo]
+
+    out = [Demand(PlannedSession(s.name, s.model, s.slo_ms, s.rate), *unit(s.model, s.slo_ms))
+           for s in workload.sessions]
     budgets = budgets if budgets is not None else query_budgets(workload)
     for q in workload.queries:
         rates = q.stage_rates()
@@ -53,9 +58,15 @@ def _greedy(dms: Sequence[Demand], memory_mb: float, gpus: int | None = None
     return squishy_pack(dms, memory_mb)
 
 
+#: Past this many sessions and stages, the greedy packing only: the improvement pass is quadratic in residuals.
+IMPROVE_MAX = 10_000
+
+
 def _nexus(dms: Sequence[Demand], memory_mb: float, gpus: int | None = None
            ) -> tuple[list[GpuPlan], list[Unserved]]:
     placed, unserved = squishy_pack(dms, memory_mb)
+    if len(dms) > IMPROVE_MAX:
+        return placed, unserved
     try:
         from .improve import improve
     except ImportError:
@@ -118,13 +129,14 @@ def _pack_prefix(packer: Packer, dms: Sequence[Demand], workload: Workload, gpus
 
 def check_fill(fill: float) -> float:
     """``fill`` as ``plan_workload`` takes it (a number in [1, 100]), or a ``ValueError`` naming the field."""
-    if not (isinstance(fill, (int, float)) and 1.0 <= fill <= 100.0):
-        raise ValueError(f"fill: must be a number in [1, 100], got {fill!r}")
+    if isinstance(fill, bool) or not (isinstance(fill, (int, float)) and 1.0 <= fill <= 100.0):
+        raise ValueError(f"fill: must be a number in [1, 100], got {label(fill)}")
     return float(fill)
 
 
 def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = None, *,
-                  split: str = "dp", prefix: bool = True, fill: float = 1.0) -> Plan:
+                  split: str = "dp", prefix: bool = True, fill: float = 1.0,
+                  max_gpus: int = DEFAULT_MAX_GPUS) -> Plan:
     """Plan ``workload`` with ``policy``; with ``gpus``, the largest common rate fraction that fits that many.
 
     ``fill`` > 1 (with ``gpus``) turns capacity the load leaves idle into headroom: the plan is for the largest common
@@ -137,6 +149,10 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
     it every model is planned whole (the "without prefix batching" ablation). Queries that cannot be served
     whole are reported in ``plan.unserved``, every stage with the reason.
 
+    Planning is bounded: without ``gpus``, a workload whose lower bound exceeds ``max_gpus`` is refused before
+    packing (``bounds.GpuLimitError`` naming the field); with ``gpus`` (at most ``max_gpus``) overload is scaled
+    down as before, but no rate that needs far more than ``gpus`` GPUs is ever packed.
+
     Examples
     --------
     >>> from nexus_lab.workload import load_workload
@@ -145,12 +161,20 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
     2
     """
     table = policies()
-    if policy not in table:
-        raise ValueError(f"policy: must be one of {sorted(table)}, got {policy!r}")
-    if gpus is not None and gpus < 1:
-        raise ValueError(f"gpus: must be >= 1, got {gpus}")
+    if not isinstance(policy, str) or policy not in table:
+        raise ValueError(f"policy: must be one of {sorted(table)}, got {label(policy)}")
+    limit = check_max_gpus(max_gpus)
+    if gpus is not None and check_max_gpus(gpus, "gpus") > limit:
+        raise ValueError(f"gpus: must be <= max_gpus={limit}, got {label(gpus)}")
     check_fill(fill)
+    need = check_bound(workload, limit) if gpus is None else gpus_needed(workload)[0]  # with gpus: scale down
     budgets = query_budgets(workload, split)
+    if gpus is None and workload.queries:
+        # Stages were priced at the whole query SLO; with their split budgets they may cost more.
+        split_need = lower_bound(demands(workload, budgets), workload.device.memory_mb)
+        if split_need > limit:
+            raise GpuLimitError(f"{gpus_needed(workload)[1]}: needs ~{format_gpus(split_need)} GPUs with the query "
+                                f"SLO split, more than max_gpus={limit}")
     blocked = _blocked(workload, budgets)
     packer = table[policy]
     use_prefix = prefix and policy in PREFIX_POLICIES and any(m.prefix is not None
@@ -192,6 +216,8 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
             prefix_groups=tuple(report),
         )
 
+    if gpus is not None and policy not in DEDICATED_POLICIES and need > 2 * gpus + 8:
+        return _scaled_search(make, gpus, need, _iterations(workload))
     full = make(1.0)
     if gpus is not None and policy in DEDICATED_POLICIES:
         return _within_capacity(full, workload)
@@ -205,12 +231,46 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
         def fits_serving_as_much(p: Plan) -> bool:
             return p.num_gpus <= gpus and {u.session for u in p.unserved} <= unserved
 
-        top = make(float(fill))
+        # No factor whose lower bound exceeds twice the cluster can fit: never pack one.
+        top_factor = min(float(fill), max(1.0, 2.0 * gpus / full.lower_bound_gpus)) if full.lower_bound_gpus > 0 \
+            else float(fill)
+        top = make(top_factor)
         if fits_serving_as_much(top):
             return top
-        return _largest_fitting(make, 1.0, float(fill), full, fits_serving_as_much, iterations=12, tol=0.01)
+        return _largest_fitting(make, 1.0, top_factor, full, fits_serving_as_much,
+                                iterations=min(12, _iterations(workload)), tol=0.01)
     # Largest common fraction f of every rate whose plan fits the cluster: GPUs needed grow with f.
-    return _largest_fitting(make, 0.0, 1.0, make(0.0), lambda p: p.num_gpus <= gpus, iterations=30, tol=1e-4)
+    return _largest_fitting(make, 0.0, 1.0, make(0.0), lambda p: p.num_gpus <= gpus, iterations=_iterations(workload),
+                            tol=1e-4)
+
+
+def _iterations(workload: Workload) -> int:
+    """Bisection steps on the rate factor: 30 (a 1e-4 fraction), fewer for large workloads (each step packs the
+    whole workload once; 100,000 sessions get 6, a 1/64 fraction), so a fixed cluster plans in bounded time."""
+    units = len(workload.sessions) + sum(len(q.stages) for q in workload.queries)
+    return max(6, min(30, 60_000 // max(units, 1)))
+
+
+def _scaled_search(make: Callable[[float], Plan], gpus: int, need: float, iterations: int) -> Plan:
+    """The largest common rate factor that fits ``gpus`` when the full rates need ``need`` >> ``gpus`` GPUs.
+
+    A plan at factor f needs at least ``f * need`` GPUs, so the search starts from the factor that needs about
+    twice the cluster; where prefix sharing makes plans cheaper than ``need`` it doubles that factor while the
+    plan still fits. Every plan packed needs O(``gpus``) GPUs.
+    """
+    fits = lambda p: p.num_gpus <= gpus  # noqa: E731
+    lo, best = 0.0, make(0.0)
+    hi = min(1.0, (2 * gpus + 8) / need) if math.isfinite(need) else 0.0
+    if hi <= 0.0:
+        hi = max((2 * gpus + 8) / 1e300, 5e-324)
+    top = make(hi)
+    while fits(top) and hi < 1.0:
+        lo, best = hi, top
+        hi = min(1.0, hi * 2)
+        top = make(hi)
+    if fits(top):
+        return top
+    return _largest_fitting(make, lo, hi, best, fits, iterations=iterations, tol=1e-4 * hi)
 
 
 def _largest_fitting(make: Callable[[float], Plan], lo: float, hi: float, best: Plan, fits: Callable[[Plan], bool],

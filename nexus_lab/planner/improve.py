@@ -23,6 +23,7 @@ from .emptying import empty_gpus
 from .plan import GpuPlan
 from .squishy import (
     Demand,
+    ProfileTables,
     Residual,
     ceil_batch,
     make_gpu,
@@ -218,26 +219,12 @@ def pack_least_increase(demands: Sequence[Demand], residuals: Sequence[Residual]
     return out
 
 
-class _Tables:
+class _Tables(ProfileTables):
     """``l_i(b)`` and ``mem_i(b)`` of every demand's profile as one padded 2-D table (rows per profile)."""
 
     def __init__(self, demands: Sequence[Demand]):
-        rows: dict[int, int] = {}
-        profiles = []
-        self.row = np.empty(len(demands), dtype=np.int64)
-        for i, dm in enumerate(demands):
-            key = id(dm.profile)
-            if key not in rows:
-                rows[key] = len(profiles)
-                profiles.append(dm.profile)
-            self.row[i] = rows[key]
-        width = max((p.max_batch for p in profiles), default=1) + 2  # column B_max + 1 is always inf
-        self.lat = np.full((len(profiles), width), np.inf)
-        self.mem = np.full((len(profiles), width), np.inf)
-        self.max_b = np.array([p.max_batch for p in profiles], dtype=np.int64)
-        for k, p in enumerate(profiles):
-            self.lat[k, :p.max_batch + 1] = p.lat_ms
-            self.mem[k, :p.max_batch + 1] = p.mem_mb
+        super().__init__(demands, pad=1)  # column B_max + 1 is always inf
+        self.row = self.model_of
 
     def lat_mem(self, demand: np.ndarray | int, rate: np.ndarray | float, duty: np.ndarray | float
                 ) -> tuple[np.ndarray, np.ndarray]:

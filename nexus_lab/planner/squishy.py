@@ -1,7 +1,8 @@
 """Squishy bin packing (Nexus, SOSP 2019, section 6.1): sessions to GPUs with a batch size and duty cycle each.
 
-Pure and deterministic; the inner loops are vectorised with numpy over all open GPUs, so 1,000 sessions plan in
-well under a second. No Dask, no I/O.
+Pure and deterministic; the inner loops are vectorised with numpy over all open GPUs (and, past ``CHUNK_ABOVE``
+residuals, over chunks packed side by side), so 1,000 sessions plan in well under a second and 100,000 in a few
+seconds (``nexus-lab bench plan-scale``). No Dask, no I/O.
 """
 
 from __future__ import annotations
@@ -73,22 +74,46 @@ def residual_for(profile: ModelProfile, budget_ms: float, rate: float, max_b: in
     return b, duty
 
 
+def per_request_ms(profile: ModelProfile, budgets_ms: np.ndarray, memory_mb: float) -> np.ndarray:
+    """Per device budget ``L'``: ``min over b <= B of l(b)/b`` (ms per request), B the largest batch with
+    ``2*l(B) <= L'`` that fits memory (``saturated_batch``); 0 where no batch does."""
+    lat, mem = profile.lat_ms, profile.mem_mb
+    efficiency = np.minimum.accumulate(lat[1:] / np.arange(1, profile.max_batch + 1))
+    mem_cap = int(np.searchsorted(mem[1:], memory_mb * (1 + 1e-12), side="right"))
+    big = np.minimum(np.searchsorted(lat[1:], np.asarray(budgets_ms, dtype=np.float64) / 2.0 * (1 + 1e-12),
+                                     side="right"), mem_cap)
+    return np.where(big >= 1, efficiency[np.maximum(big - 1, 0)], 0.0)
+
+
+def by_profile(demands: Sequence[Demand]) -> list[tuple[ModelProfile, np.ndarray]]:
+    """Demand indices grouped by profile (first appearance order), for work vectorised per profile."""
+    row: dict[int, int] = {}
+    profiles: list[ModelProfile] = []
+    codes = np.empty(len(demands), dtype=np.int64)
+    for i, dm in enumerate(demands):
+        k = row.get(id(dm.profile))
+        if k is None:
+            k = row[id(dm.profile)] = len(profiles)
+            profiles.append(dm.profile)
+        codes[i] = k
+    order = np.argsort(codes, kind="stable")
+    ends = np.searchsorted(codes[order], np.arange(len(profiles) + 1)).tolist()
+    return [(p, order[ends[k]:ends[k + 1]]) for k, p in enumerate(profiles)]
+
+
 def lower_bound(demands: Sequence[Demand], memory_mb: float = math.inf) -> float:
     """``sum_i R_i * l_i(b_i) / b_i`` with b_i the most efficient batch any valid plan may use.
 
     Every batch in a valid duty-cycle plan obeys ``l(b) <= d`` and ``d + l(b) <= L``, so ``2*l(b) <= L``: the
-    bound is over b <= B_i. Unservable sessions add nothing.
+    bound is over b <= B_i. Unservable sessions add nothing. Vectorised per profile, summed in demand order.
     """
-    total = 0.0
-    for dm in demands:
-        if dm.session.rate <= 0:
-            continue
-        big = saturated_batch(dm.profile, dm.budget_ms, memory_mb)
-        if big < 1:
-            continue
-        per_req = dm.profile.lat_ms[1:big + 1] / np.arange(1, big + 1)
-        total += dm.session.rate * float(per_req.min()) / 1000.0
-    return total
+    rates = np.array([dm.session.rate for dm in demands], dtype=np.float64)
+    budgets = np.array([dm.budget_ms for dm in demands], dtype=np.float64)
+    terms = np.zeros(len(demands))
+    for prof, idx in by_profile(demands):
+        terms[idx] = rates[idx] * per_request_ms(prof, budgets[idx], memory_mb) / 1000.0
+    terms[~(rates > 0)] = 0.0
+    return float(sum(terms.tolist(), 0.0))
 
 
 def unservable_reason(dm: Demand, memory_mb: float) -> str | None:
@@ -103,56 +128,103 @@ def unservable_reason(dm: Demand, memory_mb: float) -> str | None:
 
 def split_saturated(demands: Sequence[Demand], memory_mb: float
                     ) -> tuple[list[GpuPlan], list[Residual], list[Unserved]]:
-    """Steps 1-2: whole GPUs at the saturated batch, and each session's residual alone on a GPU."""
+    """Steps 1-2: whole GPUs at the saturated batch, and each session's residual alone on a GPU.
+
+    The arithmetic of ``saturated_batch`` and ``residual_for``, vectorised over the demands of each profile.
+    """
+    n = len(demands)
+    rates = np.array([dm.session.rate for dm in demands], dtype=np.float64)
+    budgets = np.array([dm.budget_ms for dm in demands], dtype=np.float64)
+    big, whole, res_b = (np.zeros(n, dtype=np.int64) for _ in range(3))
+    tput, lat_big, mem_big, res_d, res_lat = (np.zeros(n) for _ in range(5))
+    servable = np.zeros(n, dtype=bool)
+    for prof, idx in by_profile(demands):
+        lat = prof.lat_ms
+        ok = (budgets[idx] >= 2 * float(lat[1])) & (float(prof.mem_mb[1]) <= memory_mb)
+        servable[idx] = ok
+        idx = idx[ok]
+        mem_cap = int(np.searchsorted(prof.mem_mb[1:], memory_mb * (1 + 1e-12), side="right"))
+        b = np.minimum(np.searchsorted(lat[1:], budgets[idx] / 2.0 * (1 + 1e-12), side="right"), mem_cap)
+        t = b * 1000.0 / lat[b]
+        k = np.floor(rates[idx] / t + _EPS)
+        big[idx], tput[idx], whole[idx], lat_big[idx], mem_big[idx] = b, t, k.astype(np.int64), lat[b], prof.mem_mb[b]
+        r = rates[idx] - k * t
+        keep = r > rates[idx] * _EPS
+        has = idx[keep]
+        res_b[has], res_d[has] = _residuals(prof, budgets[has], r[keep], b[keep])
+        res_lat[has] = lat[res_b[has]]
     full: list[GpuPlan] = []
     residuals: list[Residual] = []
     unserved: list[Unserved] = []
-    for i, dm in enumerate(demands):
-        s, p = dm.session, dm.profile
-        reason = unservable_reason(dm, memory_mb)
-        if reason is not None:
-            unserved.append(Unserved(s.session, reason))
+    # Python scalars from here on (numpy scalars cost a conversion per read).
+    rows = zip(servable.tolist(), big.tolist(), whole.tolist(), tput.tolist(), lat_big.tolist(), mem_big.tolist(),
+               res_b.tolist(), res_d.tolist(), res_lat.tolist(), strict=True)
+    for i, (dm, (ok, bi, k, t, lat, mem, b, d, lat_b)) in enumerate(zip(demands, rows, strict=True)):
+        s = dm.session
+        if not ok:
+            unserved.append(Unserved(s.session, str(unservable_reason(dm, memory_mb))))
             continue
         if s.rate <= 0:
             continue
-        big = saturated_batch(p, dm.budget_ms, memory_mb)
-        lat = float(p.lat_ms[big])
-        tput = big * 1000.0 / lat
-        n = math.floor(s.rate / tput + _EPS)
-        for _ in range(n):
-            full.append(GpuPlan(id=-1, duty_cycle_ms=lat, occupancy=1.0, memory_mb=float(p.mem_mb[big]),
-                                allocations=(Allocation(s.session, s.model, s.slo_ms, big, tput),)))
-        r = s.rate - n * tput
+        if k:
+            gpu = GpuPlan(-1, lat, 1.0, mem, (Allocation(s.session, s.model, s.slo_ms, bi, t),))
+            full += [gpu] * k
+        r = s.rate - k * t
         if r <= s.rate * _EPS:
             continue
         # saturated_batch already capped B by memory, so every residual batch <= B fits too.
-        b, duty = residual_for(p, dm.budget_ms, r, big)
-        residuals.append(Residual(i, r, b, duty, float(p.lat_ms[b])))
+        residuals.append(Residual(i, r, b, d, lat_b))
     return full, residuals, unserved
+
+
+def _residuals(profile: ModelProfile, budgets: np.ndarray, rates: np.ndarray, big: np.ndarray
+               ) -> tuple[np.ndarray, np.ndarray]:
+    """``residual_for`` of many (budget, rate, B) at once: the largest b <= B with ``(b-1)/r + l(b) <= L`` by
+    bisection (the wait grows with b), then ``d = min(L - l(b), b/r)``, or the saturated cycle ``l(B)``."""
+    lat = profile.lat_ms
+    thr = budgets * (1 + 1e-12)
+    lo, hi = np.zeros(len(rates), dtype=np.int64), big.astype(np.int64)
+    with np.errstate(over="ignore", divide="ignore"):  # a vanishing rate waits forever
+        while np.any(lo < hi):
+            mid = np.maximum((lo + hi + 1) // 2, 1)
+            fits = (mid - 1) / rates * 1000.0 + lat[mid] <= thr
+            active = lo < hi
+            lo = np.where(active & fits, mid, lo)
+            hi = np.where(active & ~fits, mid - 1, hi)
+        b = np.maximum(lo, 1)
+        lat_b = lat[b]
+        duty = np.minimum(budgets - lat_b, b * 1000.0 / rates)
+    slow = lat_b > duty
+    duty = np.where(slow, lat[big], duty)
+    b = np.where(slow, np.minimum(ceil_batch(rates, duty), big), b)
+    return b, duty
+
+
+class ProfileTables:
+    """Every demand's profile as one padded table (rows per profile): ``l(b)`` and ``mem(b)`` by batch, inf past
+    a profile's largest batch (``pad`` extra columns of inf at the end of every row)."""
+
+    def __init__(self, demands: Sequence[Demand], pad: int = 0):
+        groups = by_profile(demands)
+        self.model_of = np.empty(len(demands), dtype=np.int64)
+        for k, (_, idx) in enumerate(groups):
+            self.model_of[idx] = k
+        width = max((p.max_batch for p, _ in groups), default=1) + 1 + pad
+        self.lat = np.full((len(groups), width), np.inf)
+        self.mem = np.full((len(groups), width), np.inf)
+        self.max_b = np.array([p.max_batch for p, _ in groups], dtype=np.int64)
+        for k, (p, _) in enumerate(groups):
+            self.lat[k, : p.max_batch + 1] = p.lat_ms
+            self.mem[k, : p.max_batch + 1] = p.mem_mb
 
 
 class _Bins:
     """Open residual GPUs as flat arrays, so one candidate is checked against every GPU in a few numpy ops."""
 
-    def __init__(self, demands: Sequence[Demand], memory_mb: float):
+    def __init__(self, models: ProfileTables, capacity: int, memory_mb: float):
         self.memory_mb = memory_mb
-        models: dict[int, int] = {}
-        profiles: list[ModelProfile] = []
-        self.model_of = np.empty(len(demands), dtype=np.int64)
-        for i, dm in enumerate(demands):
-            key = id(dm.profile)
-            if key not in models:
-                models[key] = len(profiles)
-                profiles.append(dm.profile)
-            self.model_of[i] = models[key]
-        width = max((p.max_batch for p in profiles), default=1) + 1
-        self.lat = np.full((len(profiles), width), np.inf)
-        self.mem = np.full((len(profiles), width), np.inf)
-        self.max_b = np.array([p.max_batch for p in profiles], dtype=np.int64)
-        for k, p in enumerate(profiles):
-            self.lat[k, : p.max_batch + 1] = p.lat_ms
-            self.mem[k, : p.max_batch + 1] = p.mem_mb
-        n = len(demands)
+        self.model_of, self.lat, self.mem, self.max_b = models.model_of, models.lat, models.mem, models.max_b
+        n = capacity
         # Per placed residual: demand index, rate, GPU.
         self.item_demand = np.empty(n, dtype=np.int64)
         self.item_rate = np.empty(n)
@@ -215,11 +287,26 @@ class _Bins:
         self.items += 1
 
     def to_gpus(self, demands: Sequence[Demand]) -> list[GpuPlan]:
+        """The GPUs as ``make_gpu`` builds them (same batches, sums in the same order), vectorised."""
+        k = self.items
+        gpu, dem, rate = self.item_gpu[:k], self.item_demand[:k], self.item_rate[:k]
+        duty = self.duty[: self.gpus]
+        m = self.model_of[dem]
+        batch = np.minimum(ceil_batch(rate, duty[gpu]), self.max_b[m])
+        lat, mem = self.lat[m, batch].tolist(), self.mem[m, batch].tolist()
+        order = np.argsort(gpu, kind="stable")
+        starts = np.searchsorted(gpu[order], np.arange(self.gpus + 1)).tolist()
+        order, batch, rate = order.tolist(), batch.tolist(), rate.tolist()
+        sessions = [demands[i].session for i in dem.tolist()]
         out: list[GpuPlan] = []
-        for g in range(self.gpus):
-            (idx,) = np.nonzero(self.item_gpu[: self.items] == g)
-            out.append(make_gpu([(demands[int(self.item_demand[i])], float(self.item_rate[i])) for i in idx],
-                                float(self.duty[g])))
+        for g, d in enumerate(duty.tolist()):
+            allocs, load, used = [], 0.0, 0.0
+            for j in order[starts[g]:starts[g + 1]]:
+                load += lat[j]
+                used += mem[j]
+                s = sessions[j]
+                allocs.append(Allocation(s.session, s.model, s.slo_ms, batch[j], rate[j]))
+            out.append(GpuPlan(-1, d, load / d, used, tuple(allocs)))
         return out
 
 
@@ -236,10 +323,23 @@ def make_gpu(members: Sequence[tuple[Demand, float]], duty_ms: float, gpu_id: in
                    allocations=tuple(allocs))
 
 
+#: Residual sets up to this size are packed as one; larger ones are dealt round robin (in packing order) into
+#: chunks of about ``CHUNK`` that are packed side by side (``_pack_lockstep``), so each step scans a bounded set
+#: of open GPUs and numpy's per-call cost is shared by all chunks.
+CHUNK_ABOVE, CHUNK = 4096, 1024
+
+
 def pack_residuals(demands: Sequence[Demand], residuals: Sequence[Residual], memory_mb: float) -> list[GpuPlan]:
-    """Step 3: largest occupancy first, merge into the best-fitting feasible GPU, else open a new one."""
-    bins = _Bins(demands, memory_mb)
+    """Step 3: largest occupancy first, merge into the best-fitting feasible GPU, else open a new one.
+
+    Past ``CHUNK_ABOVE`` residuals, each of ``k`` chunks takes every k-th residual of the order (a sample of
+    every size) and is packed on its own: about linear time for 100,000 sessions, a few residual GPUs more."""
+    models = ProfileTables(demands)
     order = sorted(residuals, key=lambda r: (-r.occupancy, r.index))
+    if len(order) > CHUNK_ABOVE:
+        parts = -(-len(order) // CHUNK)
+        return _pack_lockstep(demands, [order[k::parts] for k in range(parts)], models, memory_mb)
+    bins = _Bins(models, len(order), memory_mb)
     for res in order:
         gpu, duty, load, mem = bins.best_fit(res)
         if gpu < 0:
@@ -247,6 +347,72 @@ def pack_residuals(demands: Sequence[Demand], residuals: Sequence[Residual], mem
         else:
             bins.merge(gpu, res, duty, load, mem)
     return bins.to_gpus(demands)
+
+
+def _batches(models: ProfileTables, m: np.ndarray, rate: np.ndarray, duty: np.ndarray) -> np.ndarray:
+    """``min(ceil(r*d), B_max)`` element-wise, as ``_Bins`` computes it."""
+    return np.minimum(ceil_batch(rate, duty), models.max_b[m])
+
+
+def _pack_lockstep(demands: Sequence[Demand], chunks: Sequence[Sequence[Residual]], models: ProfileTables,
+                   memory_mb: float) -> list[GpuPlan]:
+    """``_Bins.best_fit`` for every chunk at once: step t places the t-th residual of each chunk, on 2-D arrays
+    (chunk x GPU). The same arithmetic in the same order as packing each chunk alone, so the same GPUs."""
+    c_n, steps = len(chunks), max(len(ch) for ch in chunks)
+    act = np.zeros((steps, c_n), dtype=bool)
+    r_idx = np.zeros((steps, c_n), dtype=np.int64)
+    r_rate, r_duty, r_lat, r_mem = (np.ones((steps, c_n)) for _ in range(4))
+    for c, chunk in enumerate(chunks):
+        for t, res in enumerate(chunk):
+            act[t, c], r_idx[t, c], r_rate[t, c], r_duty[t, c] = True, res.index, res.rate, res.duty_ms
+            r_lat[t, c], r_mem[t, c] = res.latency_ms, float(demands[res.index].profile.mem_mb[res.batch])
+    duty_g, load_g, mem_g = np.ones((c_n, steps)), np.zeros((c_n, steps)), np.zeros((c_n, steps))
+    gpus = np.zeros(c_n, dtype=np.int64)
+    item_gpu, item_m = np.zeros((c_n, steps), dtype=np.int64), np.zeros((c_n, steps), dtype=np.int64)
+    item_rate = np.ones((c_n, steps))
+    rows = np.arange(c_n)
+    for t in range(steps):
+        on_now, m, rate, rd = act[t], models.model_of[r_idx[t]], r_rate[t], r_duty[t]
+        g_n = int(gpus.max())
+        fits = np.zeros(c_n, dtype=bool)
+        if g_n:
+            duty = duty_g[:, :g_n]
+            new_duty = np.minimum(duty, rd[:, None])
+            b = _batches(models, m[:, None], rate[:, None], new_duty)
+            add_lat, add_mem = models.lat[m[:, None], b], models.mem[m[:, None], b]
+            load, mem = load_g[:, :g_n] + add_lat, mem_g[:, :g_n] + add_mem
+            valid = np.arange(g_n)[None, :] < gpus[:, None]
+            shrink = (duty > rd[:, None]) & valid
+            if shrink.any():
+                # Every batch on a GPU whose d shrinks re-batches at ceil(r_i * d_res), summed in item order.
+                flat = (rows[:, None] * g_n + item_gpu[:, :t]).ravel()
+                on = np.flatnonzero(shrink.ravel()[flat])  # only items on GPUs whose batches shrink
+                im = item_m[:, :t].ravel()[on]
+                bi = _batches(models, im, item_rate[:, :t].ravel()[on], np.repeat(rd, t)[on])
+                sums = np.bincount(flat[on], models.lat[im, bi], c_n * g_n).reshape(c_n, g_n)
+                msum = np.bincount(flat[on], models.mem[im, bi], c_n * g_n).reshape(c_n, g_n)
+                load = np.where(shrink, sums + add_lat, load)
+                mem = np.where(shrink, msum + add_mem, mem)
+            ok = (load <= new_duty * (1 + 1e-9)) & (mem <= memory_mb * (1 + 1e-12)) & valid & on_now[:, None]
+            best = np.argmax(np.where(ok, load / new_duty, -1.0), axis=1)
+            fits = ok.any(axis=1)
+            c_m = np.flatnonzero(fits)
+            g_m = best[c_m]
+            duty_g[c_m, g_m], load_g[c_m, g_m], mem_g[c_m, g_m] = new_duty[c_m, g_m], load[c_m, g_m], mem[c_m, g_m]
+            item_gpu[c_m, t] = g_m
+        c_o = np.flatnonzero(on_now & ~fits)
+        g_o = gpus[c_o]
+        duty_g[c_o, g_o], load_g[c_o, g_o], mem_g[c_o, g_o] = rd[c_o], r_lat[t, c_o], r_mem[t, c_o]
+        item_gpu[c_o, t] = g_o
+        gpus[c_o] += 1
+        item_m[on_now, t], item_rate[on_now, t] = m[on_now], rate[on_now]
+    out: list[GpuPlan] = []
+    for c, chunk in enumerate(chunks):
+        bins, k, g = _Bins(models, 0, memory_mb), len(chunk), int(gpus[c])
+        bins.item_demand, bins.item_rate, bins.item_gpu, bins.items = r_idx[:k, c], r_rate[:k, c], item_gpu[c, :k], k
+        bins.duty, bins.load, bins.used_mem, bins.gpus = duty_g[c, :g], load_g[c, :g], mem_g[c, :g], g
+        out += bins.to_gpus(demands)
+    return out
 
 
 def squishy_pack(demands: Sequence[Demand], memory_mb: float) -> tuple[list[GpuPlan], list[Unserved]]:
@@ -257,5 +423,6 @@ def squishy_pack(demands: Sequence[Demand], memory_mb: float) -> tuple[list[GpuP
 
 
 def renumber(gpus: Sequence[GpuPlan]) -> list[GpuPlan]:
-    return [GpuPlan(i, g.duty_cycle_ms, g.occupancy, g.memory_mb, g.allocations, g.batching)
+    """GPU ids 0, 1, ... in order; a GPU that already has its id is kept as it is (plans are immutable)."""
+    return [g if g.id == i else GpuPlan(i, g.duty_cycle_ms, g.occupancy, g.memory_mb, g.allocations, g.batching)
             for i, g in enumerate(gpus)]

@@ -39,19 +39,18 @@ def plan_violations(plan: Plan, profiles: Mapping[str, ModelProfile], budgets: M
             continue
         load = mem = 0.0
         for a in g.allocations:
-            aw = f"{where}/{a.session}"
             p = profiles.get(a.session)
             if p is None:
-                errors.append(f"{aw}: session not in the workload")
+                errors.append(f"{where}/{a.session}: session not in the workload")
                 continue
             if not 1 <= a.batch <= p.max_batch:
-                errors.append(f"{aw}: batch {a.batch} outside 1..{p.max_batch}")
+                errors.append(f"{where}/{a.session}: batch {a.batch} outside 1..{p.max_batch}")
                 continue
             lat = float(p.lat_ms[a.batch])
             load += lat
             mem += float(p.mem_mb[a.batch])
             if a.rate < -_TOL:
-                errors.append(f"{aw}: negative rate {a.rate}")
+                errors.append(f"{where}/{a.session}: negative rate {a.rate}")
             budget = budgets[a.session]
             served[a.session] = served.get(a.session, 0.0) + a.rate
             if g.batching != "duty-cycle":
@@ -59,17 +58,19 @@ def plan_violations(plan: Plan, profiles: Mapping[str, ModelProfile], budgets: M
                 # batch timeout, and back to back at that batch it must keep up with its rate.
                 wait = a.batch_timeout_ms or 0.0
                 if wait + lat > budget * (1 + _TOL) + _TOL:
-                    errors.append(f"{aw}: timeout + l(b) = {wait + lat:.3f} ms exceeds budget L' = {budget:.3f} ms")
+                    errors.append(f"{where}/{a.session}: timeout + l(b) = {wait + lat:.3f} ms exceeds budget "
+                                  f"L' = {budget:.3f} ms")
                 if a.rate * lat / 1000.0 > a.batch * (1 + _TOL) + _TOL:
-                    errors.append(f"{aw}: rate {a.rate:.3f}/s exceeds batch {a.batch} every l(b) = {lat:.3f} ms")
+                    errors.append(f"{where}/{a.session}: rate {a.rate:.3f}/s exceeds batch {a.batch} every "
+                                  f"l(b) = {lat:.3f} ms")
                 continue
             # A batch of b collected per duty cycle d serves at most b/d requests per second.
             if a.rate * d / 1000.0 > a.batch * (1 + _TOL) + _TOL:
-                errors.append(f"{aw}: rate {a.rate:.3f}/s needs batch {a.rate * d / 1000:.2f} > {a.batch} "
-                              f"per duty cycle {d:.3f} ms")
+                errors.append(f"{where}/{a.session}: rate {a.rate:.3f}/s needs batch {a.rate * d / 1000:.2f} > "
+                              f"{a.batch} per duty cycle {d:.3f} ms")
             # Worst case: wait one duty cycle for the batch, then run it.
             if d + lat > budget * (1 + _TOL) + _TOL:
-                errors.append(f"{aw}: d + l(b) = {d + lat:.3f} ms exceeds budget L' = {budget:.3f} ms")
+                errors.append(f"{where}/{a.session}: d + l(b) = {d + lat:.3f} ms exceeds budget L' = {budget:.3f} ms")
         if g.batching == "duty-cycle" and load > d * (1 + _TOL) + _TOL:
             errors.append(f"{where}: sum of batch latencies {load:.3f} ms exceeds duty cycle {d:.3f} ms")
         if mem > memory_mb * (1 + _TOL):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -16,6 +17,10 @@ DEFAULT_SAFETY = 1.15
 BATCH_LATENCIES = ("measured", "planned")
 DRAW_CLIP = 3.0  # a measured batch lasts mean + spread * z, z a standard normal clipped to +-DRAW_CLIP
 DEFAULT_NET_MS = 2.0
+#: Largest batch an inline profile may give.
+MAX_BATCH = 4096
+#: Planning latencies a profile may have (ms): below a nanosecond, ``b / l(b)`` stops being a throughput.
+LATENCY_RANGE_MS = (1e-6, 1e9)
 
 
 def clipped_normal(rng: np.random.Generator, n: int) -> np.ndarray:
@@ -75,8 +80,8 @@ class ModelProfile:
             raise ProfileError(f"{self.name}: latency table is empty")
         if b[0] != 1 or np.any(np.diff(b) != 1):
             raise ProfileError(f"{self.name}: batches must be 1..B contiguous (got {b[:5].tolist()}...)")
-        if not self.safety > 0:
-            raise ProfileError(f"{self.name}.safety: must be > 0")
+        if not (math.isfinite(self.safety) and self.safety > 0):
+            raise ProfileError(f"{self.name}.safety: must be finite and > 0")
         mean = np.asarray(self.latency_us, dtype=np.float64)
         std = np.asarray(self.std_us, dtype=np.float64)
         mem = np.asarray(self.memory_bytes, dtype=np.float64)
@@ -84,11 +89,18 @@ class ModelProfile:
             raise ProfileError(f"{self.name}: latency, std and memory tables differ in length")
         if np.any(~np.isfinite(mean)) or np.any(mean <= 0):
             raise ProfileError(f"{self.name}.latency: must be finite and > 0 for every batch")
-        if np.any(std < 0) or np.any(mem < 0):
-            raise ProfileError(f"{self.name}: std and memory must be >= 0")
-        inflated = (mean + std) * self.safety / 1000.0
+        if np.any(~np.isfinite(std)) or np.any(std < 0) or np.any(~np.isfinite(mem)) or np.any(mem < 0):
+            raise ProfileError(f"{self.name}: std and memory must be finite and >= 0")
+        for what, pair in (("preprocess", self.preprocess_us), ("postprocess", self.postprocess_us)):
+            if not all(math.isfinite(x) and x >= 0 for x in pair):
+                raise ProfileError(f"{self.name}.{what}: mean and std must be finite and >= 0, got {pair}")
+        with np.errstate(over="ignore"):  # a sum past float range fails the range check below
+            inflated = (mean + std) * self.safety / 1000.0
         # Envelope: l(b) = min over b' >= b, i.e. a reversed running minimum.
         envelope = np.minimum.accumulate(inflated[::-1])[::-1]
+        if not (envelope[0] >= LATENCY_RANGE_MS[0] and inflated.max() <= LATENCY_RANGE_MS[1]):
+            raise ProfileError(f"{self.name}.latency: inflated l(b) must be in [{LATENCY_RANGE_MS[0]:g}, "
+                               f"{LATENCY_RANGE_MS[1]:g}] ms (latency times safety {self.safety:g})")
         lat = np.concatenate(([0.0], envelope))
         memory = np.concatenate(([0.0], np.maximum.accumulate(mem / 2**20)))
         measured = np.concatenate(([0.0], mean / 1000.0))
@@ -148,28 +160,31 @@ class ModelProfile:
 
     # ------------------------------------------------------------------ formats
     @classmethod
-    def from_text(cls, text: str, name: str | None = None, safety: float = DEFAULT_SAFETY) -> ModelProfile:
-        """Parse the Nexus profile text format (see ``profiles/data/README.md``)."""
-        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
-        if len(lines) < 5 or lines[2] != "Forward latency":
-            raise ProfileError("profile text: expected 'model id', 'device', 'Forward latency', header, rows")
-        model_id, device = lines[0], lines[1]
+    def from_text(cls, text: str, name: str | None = None, safety: float = DEFAULT_SAFETY,
+                  source: str = "profile text") -> ModelProfile:
+        """Parse the Nexus profile text format (see ``profiles/data/README.md``); errors name ``source``, the
+        line and the column: batches must run 1, 2, ... B, every value be finite, latencies > 0, the rest >= 0."""
+        lines = [(n, ln.strip()) for n, ln in enumerate(text.splitlines(), 1) if ln.strip()]
+        if len(lines) < 4 or lines[2][1] != "Forward latency":
+            raise ProfileError(f"{source}: expected lines 'model id', 'device', 'Forward latency', a header, rows")
+        model_id, device = lines[0][1], lines[1][1]
         rows: list[list[float]] = []
         i = 4
-        while i < len(lines) and not lines[i].endswith("latency"):
-            try:
-                rows.append([float(x) for x in lines[i].split(",")])
-            except ValueError as exc:
-                raise ProfileError(f"profile text line {i + 1}: {lines[i]!r} is not numeric") from exc
-            if len(rows[-1]) != 4:
-                raise ProfileError(f"profile text line {i + 1}: expected batch,latency,std,memory")
+        while i < len(lines) and not lines[i][1].endswith("latency"):
+            n, ln = lines[i]
+            rows.append(_row(ln, ROW_FIELDS, f"{source} line {n}"))
+            if rows[-1][0] != len(rows):
+                raise ProfileError(f"{source} line {n}: batch: expected {len(rows)} (batches run 1, 2, ... "
+                                   f"without gaps), got {rows[-1][0]:g}")
             i += 1
+        if not rows:
+            raise ProfileError(f"{source} line {lines[min(i, len(lines)) - 1][0]}: 'Forward latency' has no rows")
         sections = {"Preprocess latency": (0.0, 0.0), "Postprocess latency": (0.0, 0.0)}
         while i < len(lines):
-            key = lines[i]
+            n, key = lines[i]
             if key not in sections or i + 2 >= len(lines):
-                raise ProfileError(f"profile text line {i + 1}: unexpected {key!r}")
-            mean, std = (float(x) for x in lines[i + 2].split(","))
+                raise ProfileError(f"{source} line {n}: unexpected {key[:60]!r}")
+            mean, std = _row(lines[i + 2][1], ("mean(us)", "std(us)"), f"{source} line {lines[i + 2][0]}")
             sections[key] = (mean, std)
             i += 3
         arr = np.array(rows)
@@ -184,6 +199,17 @@ class ModelProfile:
             postprocess_us=sections["Postprocess latency"],
             safety=safety,
         )
+
+    def to_inline(self) -> dict[str, Any]:
+        """An inline profile (``from_inline``) holding the same tables: how ``Workload.to_dict`` writes models."""
+        return {
+            "device": self.device,
+            "latency_ms": {int(b): float(v) / 1000 for b, v in zip(self.batches, self.latency_us, strict=True)},
+            "std_ms": {int(b): float(v) / 1000 for b, v in zip(self.batches, self.std_us, strict=True)},
+            "memory_mb": {int(b): float(v) / 2**20 for b, v in zip(self.batches, self.memory_bytes, strict=True)},
+            "preprocess_ms": {"mean": self.preprocess_us[0] / 1000, "std": self.preprocess_us[1] / 1000},
+            "postprocess_ms": {"mean": self.postprocess_us[0] / 1000, "std": self.postprocess_us[1] / 1000},
+        }
 
     def to_text(self, model_id: str | None = None) -> str:
         """Write the Nexus profile text format; ``from_text(to_text())`` round-trips."""
@@ -209,23 +235,26 @@ class ModelProfile:
             raise ProfileError(f"{where}: must be a mapping with latency_ms")
         lat = _points(spec.get("latency_ms"), f"{where}.latency_ms", positive=True)
         bmax = int(lat[0][-1])
-        if bmax > 4096:
-            raise ProfileError(f"{where}.latency_ms: largest batch must be <= 4096")
         grid = np.arange(1, bmax + 1)
-        mean = _interp(grid, *lat)
-        std = _interp(grid, *_points(spec["std_ms"], f"{where}.std_ms")) if "std_ms" in spec else np.zeros_like(mean)
-        if "memory_mb" in spec:
-            mem = _interp(grid, *_points(spec["memory_mb"], f"{where}.memory_mb")) * 2**20
-        else:
-            mem = np.zeros_like(mean)
+        with np.errstate(over="ignore", invalid="ignore"):  # values past float range are refused below
+            mean = _interp(grid, *lat)
+            std = (_interp(grid, *_points(spec["std_ms"], f"{where}.std_ms")) if "std_ms" in spec
+                   else np.zeros_like(mean))
+            mem = (_interp(grid, *_points(spec["memory_mb"], f"{where}.memory_mb")) * 2**20 if "memory_mb" in spec
+                   else np.zeros_like(mean))
         known = {"latency_ms", "std_ms", "memory_mb", "preprocess_ms", "postprocess_ms", "device"}
-        extra = set(spec) - known
+        extra = [k for k in spec if k not in known]
         if extra:
-            raise ProfileError(f"{where}: unknown field(s) {sorted(extra)}; allowed: {sorted(known)}")
+            raise ProfileError(f"{where}: unknown field(s) {sorted(repr(k)[:30] for k in extra)}; "
+                               f"allowed: {sorted(known)}")
         pre = _ms_pair(spec.get("preprocess_ms", 0.0), f"{where}.preprocess_ms")
         post = _ms_pair(spec.get("postprocess_ms", 0.0), f"{where}.postprocess_ms")
-        return cls(name=name, device=str(spec.get("device", "inline")), batches=grid,
-                   latency_us=mean * 1000.0, std_us=np.maximum(std, 0) * 1000.0,
+        device = spec.get("device", "inline")
+        if not isinstance(device, str):
+            raise ProfileError(f"{where}.device: must be a string")
+        with np.errstate(over="ignore"):
+            mean, std = mean * 1000.0, np.maximum(std, 0) * 1000.0
+        return cls(name=name, device=device, batches=grid, latency_us=mean, std_us=std,
                    memory_bytes=np.maximum(mem, 0), preprocess_us=pre, postprocess_us=post, safety=safety)
 
 
@@ -233,23 +262,51 @@ def _num(x: float) -> str:
     return f"{float(x):.6g}"
 
 
+#: The columns of a ``Forward latency`` row.
+ROW_FIELDS = ("batch", "latency(us)", "std(us)", "memory(B)")
+
+
+def _row(line: str, fields: tuple[str, ...], where: str) -> list[float]:
+    """One CSV row of numbers: the batch an integer >= 1, latencies > 0, everything else finite and >= 0."""
+    cells = line.split(",")
+    if len(cells) != len(fields):
+        raise ProfileError(f"{where}: expected {','.join(fields)}, got {line[:60]!r}")
+    out = []
+    for cell, name in zip(cells, fields, strict=True):
+        try:
+            val = float(cell)
+        except ValueError:
+            raise ProfileError(f"{where}: {name}: {cell.strip()[:30]!r} is not a number") from None
+        low = 1.0 if name == "batch" else 0.0
+        if not math.isfinite(val) or val < low or (name == "latency(us)" and val <= 0) or (
+                name == "batch" and not val.is_integer()):
+            need = "an integer >= 1" if name == "batch" else "> 0" if name == "latency(us)" else ">= 0"
+            raise ProfileError(f"{where}: {name}: must be finite and {need}, got {cell.strip()[:30]}")
+        out.append(val)
+    return out
+
+
 def _points(raw: object, where: str, positive: bool = False) -> tuple[np.ndarray, np.ndarray]:
     if not isinstance(raw, Mapping) or not raw:
         raise ProfileError(f"{where}: must be a non-empty mapping of batch size to value")
-    pts = []
+    pts: dict[int, float] = {}
     for k, v in raw.items():
+        key = repr(k)[:30] if not isinstance(k, int) or k.bit_length() < 64 else "<huge integer>"
+        b = k if isinstance(k, int) and not isinstance(k, bool) else (
+            int(k) if isinstance(k, str) and k.strip().isdigit() and len(k) < 20 else None)
+        if b is None or not 1 <= b <= MAX_BATCH:
+            raise ProfileError(f"{where}[{key}]: batch must be an integer in 1..{MAX_BATCH}")
+        if b in pts:
+            raise ProfileError(f"{where}[{key}]: batch {b} given twice")
         try:
-            b, val = int(k), float(v)
-        except (TypeError, ValueError) as exc:
-            raise ProfileError(f"{where}[{k!r}]: batch must be an integer and value a number") from exc
-        if b < 1:
-            raise ProfileError(f"{where}[{k!r}]: batch must be >= 1")
+            val = float(v) if not isinstance(v, bool) and isinstance(v, (int, float)) else math.nan
+        except OverflowError:
+            val = math.inf
         if not math.isfinite(val) or val < 0 or (positive and val <= 0):
-            raise ProfileError(f"{where}[{k!r}]: must be {'> 0' if positive else '>= 0'}")
-        pts.append((b, val))
-    pts.sort()
-    xs = np.array([p[0] for p in pts], dtype=np.float64)
-    ys = np.array([p[1] for p in pts], dtype=np.float64)
+            raise ProfileError(f"{where}[{key}]: must be a finite number {'> 0' if positive else '>= 0'}")
+        pts[b] = val
+    xs = np.array(sorted(pts), dtype=np.float64)
+    ys = np.array([pts[b] for b in sorted(pts)], dtype=np.float64)
     return xs, ys
 
 
@@ -269,10 +326,15 @@ def _ms_pair(raw: object, where: str) -> tuple[float, float]:
         mean, std = raw.get("mean", 0.0), raw.get("std", 0.0)
     else:
         mean, std = raw, 0.0
-    try:
-        mean, std = float(mean), float(std)
-    except (TypeError, ValueError) as exc:
-        raise ProfileError(f"{where}: must be a number of ms") from exc
-    if mean < 0 or std < 0 or not math.isfinite(mean + std):
-        raise ProfileError(f"{where}: must be >= 0")
-    return mean * 1000.0, std * 1000.0
+    out = []
+    for val in (mean, std):
+        if isinstance(val, bool) or not isinstance(val, (int, float)):
+            raise ProfileError(f"{where}: must be a number of ms, or {{mean, std}} in ms")
+        try:
+            val = float(val)
+        except OverflowError:
+            val = math.inf
+        if not (math.isfinite(val) and val >= 0):
+            raise ProfileError(f"{where}: must be finite and >= 0")
+        out.append(val * 1000.0)
+    return out[0], out[1]

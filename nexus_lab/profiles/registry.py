@@ -21,8 +21,14 @@ def _data_root() -> Path:
 
 def builtin_profiles() -> list[str]:
     """Names of the shipped profiles, e.g. ``titan-x-pascal/vgg16``."""
+    return list(_builtin_names())
+
+
+@lru_cache(maxsize=1)
+def _builtin_names() -> tuple[str, ...]:
+    """The package data does not change while the process runs: list it once (workloads ask per model)."""
     root = _data_root()
-    return sorted(f"{d.name}/{f.stem}" for d in root.iterdir() if d.is_dir() for f in d.glob("*.txt"))
+    return tuple(sorted(f"{d.name}/{f.stem}" for d in root.iterdir() if d.is_dir() for f in d.glob("*.txt")))
 
 
 def profile_sets() -> list[str]:
@@ -35,7 +41,7 @@ def _builtin(name: str, safety: float) -> ModelProfile:
     path = _data_root() / f"{name}.txt"
     if not path.is_file():
         raise ProfileError(f"unknown built-in profile {name!r}; available: {', '.join(builtin_profiles())}")
-    return ModelProfile.from_text(path.read_text(), name=name.split("/")[-1], safety=safety)
+    return ModelProfile.from_text(path.read_text(), name=name.split("/")[-1], safety=safety, source=path.name)
 
 
 def load_profile(spec: str | Mapping | ModelProfile, name: str | None = None, *,
@@ -48,7 +54,7 @@ def load_profile(spec: str | Mapping | ModelProfile, name: str | None = None, *,
         return ModelProfile.from_inline(name or "inline", spec, safety=safety, field_path=field_path)
     if not isinstance(spec, str) or not spec:
         raise ProfileError(f"{field_path}: must be a built-in profile name, a file path or a mapping")
-    if spec in builtin_profiles():
+    if spec in _builtin_names():
         prof = _builtin(spec, safety)
         if name and name != prof.name:
             prof = ModelProfile(name, prof.device, prof.batches, prof.latency_us, prof.std_us,
@@ -57,10 +63,54 @@ def load_profile(spec: str | Mapping | ModelProfile, name: str | None = None, *,
     path = Path(spec)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
-    if path.is_file():
-        return ModelProfile.from_text(path.read_text(), name=name, safety=safety)
-    raise ProfileError(f"{field_path}: {spec!r} is neither a built-in profile "
+    try:
+        is_file = path.is_file()  # False for devices and pipes: a profile is a regular file
+    except (OSError, ValueError):  # a name too long, a NUL byte
+        is_file = False
+    if is_file:
+        return ModelProfile.from_text(read_profile_text(path, field_path), name=name, safety=safety,
+                                      source=f"{field_path} ({path.name})")
+    raise ProfileError(f"{field_path}: {spec[:80]!r} is neither a built-in profile "
                        f"({', '.join(builtin_profiles())}) nor a file")
+
+
+#: Largest profile file read (a measured table of 4096 batches is about 150 kB).
+MAX_PROFILE_BYTES = 4 << 20
+
+
+def read_profile_text(path: Path, where: str) -> str:
+    """A profile file's text, or a ``ProfileError`` naming ``where`` (unreadable, too large, not UTF-8)."""
+    try:
+        if path.stat().st_size > MAX_PROFILE_BYTES:
+            raise ProfileError(f"{where}: {path.name} is larger than {MAX_PROFILE_BYTES >> 20} MiB")
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProfileError(f"{where}: {path.name} is not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise ProfileError(f"{where}: cannot read {path.name}: {exc.strerror}") from None
+
+
+def load_prefix(raw: object, model: str, *, safety: float = DEFAULT_SAFETY, base_dir: Path | None = None,
+                field_path: str = "prefix") -> tuple[str, ModelProfile, ModelProfile]:
+    """A model's ``prefix: {group, profile, suffix_profile}``: its group and the prefix and suffix profiles."""
+    if not isinstance(raw, Mapping):
+        raise ProfileError(f"{field_path}: must be a mapping {{group, profile, suffix_profile}}")
+    allowed = {"group", "profile", "suffix_profile"}
+    extra = [k for k in raw if k not in allowed]
+    if extra:
+        raise ProfileError(f"{field_path}: unknown field(s) {sorted(repr(k)[:40] for k in extra)}; "
+                           f"allowed: {sorted(allowed)}")
+    for key in ("profile", "suffix_profile"):
+        if key not in raw:
+            raise ProfileError(f"{field_path}.{key}: required")
+    group = raw.get("group")
+    if not isinstance(group, str) or not group.strip():
+        raise ProfileError(f"{field_path}.group: must be a non-empty string")
+    return (group,
+            load_profile(raw["profile"], f"{group}.prefix", safety=safety, base_dir=base_dir,
+                         field_path=f"{field_path}.profile"),
+            load_profile(raw["suffix_profile"], f"{model}.suffix", safety=safety, base_dir=base_dir,
+                         field_path=f"{field_path}.suffix_profile"))
 
 
 def profile_set(device_set: str, safety: float = DEFAULT_SAFETY) -> dict[str, ModelProfile]:

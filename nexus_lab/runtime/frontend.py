@@ -8,7 +8,8 @@ types, never on the controller or on Dask's task machinery (no ``client.submit``
 Threads: the frontend owns one event loop on a daemon thread. ``submit`` may be called from any thread (it only
 appends to a per-backend buffer under a lock); connections, flushes and replies run on that loop. Each backend gets
 one persistent duplex stream (the backend's ``nexus_stream`` handler): request batches go out as they are flushed,
-result batches come back as each device batch finishes.
+result batches come back as each device batch finishes. A backend whose stream falls silent with requests in flight
+is suspect (``health``): routed around, its requests moved or failed by their deadline plus the bound.
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ from typing import Any
 
 from ..batching import DropReason
 from . import wire
+from .health import SUSPECT_S, SWEEP_S, Health
 from .pending import LOST_GRACE_S, OnDone, Pending
-from .routes import ROUTES_KEY, Route
+from .routes import ROUTES_KEY, Route, backend_states, routes_from_states
 from .stream import BackendStream
 
 logger = logging.getLogger("nexus_lab.frontend")
 
 __all__ = ["ROUTES_KEY", "Frontend"]
-
-_SWEEP_S = 0.25
 
 
 class Frontend:
@@ -52,6 +52,9 @@ class Frontend:
         batches anyway): then that long.
     max_coalesce : int
         Flush at once when a backend's buffer holds this many requests.
+    suspect_ms : float
+        A backend whose stream says nothing this long while requests are in flight on it is suspect
+        (``suspect_workers``) until it speaks again: its sessions route to their other backends.
 
     Examples
     --------
@@ -61,11 +64,13 @@ class Frontend:
     """
 
     def __init__(self, address_or_client: Any = None, *, security: Any = None, coalesce_ms: float = 1.0,
-                 max_coalesce: int = 64) -> None:
+                 max_coalesce: int = 64, suspect_ms: float = SUSPECT_S * 1000.0) -> None:
         if coalesce_ms < 0:
             raise ValueError(f"coalesce_ms: must be >= 0, got {coalesce_ms}")
         if int(max_coalesce) < 1:
             raise ValueError(f"max_coalesce: must be >= 1, got {max_coalesce}")
+        if not (isinstance(suspect_ms, (int, float)) and 0 < suspect_ms < float("inf")):
+            raise ValueError(f"suspect_ms: must be a number > 0, got {suspect_ms!r}")
         self.scheduler_address: str | None = None
         if isinstance(address_or_client, str):
             self.scheduler_address = address_or_client
@@ -83,6 +88,7 @@ class Frontend:
         self._conns: dict[str, BackendStream] = {}
         self._dead: set[str] = set()
         self._lost: dict[str, str] = {}  # address -> why it was declared lost
+        self._health = Health(float(suspect_ms) / 1000.0)
         self._ids = itertools.count()
         self._closed = False
         self._bg: set[asyncio.Task] = set()
@@ -107,7 +113,8 @@ class Frontend:
     # ------------------------------------------------------------------------------------------ routes
     def set_routes(self, routes: dict[str, list[tuple[str, float]]], sessions: dict[str, dict[str, Any]]) -> None:
         """Install the plan's routes: session -> [(worker address, planned rate)], and each session's
-        ``{"model", "slo_ms", "budget_ms"}``. Requests already in flight are not moved."""
+        ``{"model", "slo_ms", "budget_ms"}`` (``"cycle_ms"``, the longest duty cycle it runs in, lengthens its
+        backends' suspect bound to two cycles). Requests already in flight are not moved."""
         for name, backends in routes.items():
             if name not in sessions:
                 raise ValueError(f"routes[{name!r}]: session missing from sessions")
@@ -122,6 +129,7 @@ class Frontend:
             self._routes = {name: Route(b) for name, b in routes.items()}
             self._sessions = {name: dict(s) for name, s in sessions.items()}
             self._specs = specs
+            self._health.route(routes, sessions)
             listed = {a for b in routes.values() for a, _ in b}
             self._dead -= listed
 
@@ -137,33 +145,11 @@ class Frontend:
         """Adopt the routes the backends hold (``nexus_state`` of every worker); needs a scheduler address."""
         if self.scheduler_address is None:
             raise ValueError("address_or_client: routes_from_cluster needs a scheduler address or client")
-        fut = asyncio.run_coroutine_threadsafe(self._cluster_state(), self._loop)
-        states = fut.result(timeout_s)
-        routes: dict[str, list[tuple[str, float]]] = {}
-        sessions: dict[str, dict[str, Any]] = {}
-        for addr, st in states.items():
-            gpu = st.get("gpu") or {}
-            for a in gpu.get("allocations", ()):
-                routes.setdefault(a["session"], []).append((addr, float(a.get("rate", 0.0))))
-                sessions[a["session"]] = st["sessions"].get(a["session"]) or {"model": a["model"],
-                                                                              "slo_ms": a["slo_ms"]}
+        fut = asyncio.run_coroutine_threadsafe(backend_states(self.scheduler_address, self._connection_args()),
+                                               self._loop)
+        routes, sessions = routes_from_states(fut.result(timeout_s))
         self.set_routes(routes, sessions)
         return routes
-
-    async def _cluster_state(self) -> dict[str, dict[str, Any]]:
-        from distributed.core import rpc
-
-        args = self._connection_args()
-        async with rpc(self.scheduler_address, connection_args=args) as sched:
-            info = await sched.identity()
-        out: dict[str, dict[str, Any]] = {}
-        for addr in info.get("workers", {}):
-            async with rpc(addr, connection_args=args) as w:
-                try:
-                    out[addr] = await w.nexus_state()
-                except Exception:  # a worker without the backend plugin serves nothing
-                    continue
-        return out
 
     def _connection_args(self) -> dict[str, Any]:
         return self.security.get_connection_args("client") if self.security is not None else {}
@@ -227,17 +213,8 @@ class Frontend:
                 raise ValueError(f"session: unknown session {session!r}; routed sessions: {sorted(self._sessions)}")
             spec = self._specs.get(session)
             route = self._routes.get(session)
-        if spec is not None:
-            # Checked against the spec both sides share: raw bytes travel as one msgpack field each, where an
-            # array would be a serialized header plus a frame per request (~10x the frontend's CPU per request);
-            # the backend decodes them with the same spec. One object sent many times is checked and encoded once.
-            encoded: dict[int, bytes] = {}
-            for k, p in enumerate(payloads):
-                raw = encoded.get(id(p))
-                if raw is None:
-                    field = f"payloads[{k}]" if len(payloads) > 1 else "payload"
-                    raw = encoded[id(p)] = wire.encode_payload(spec, p, field, session)
-                payloads[k] = raw
+        if spec is not None:  # checked against the spec both sides share; the backend decodes with it
+            payloads = wire.encode_payloads(spec, payloads, session)
         now = time.time()
         mono = time.monotonic()
         slo_s = float(s["slo_ms"]) / 1000.0
@@ -258,13 +235,16 @@ class Frontend:
         wake: list[BackendStream] = []
         now_flush: list[BackendStream] = []
         with self._lock:
+            avoid = self._avoid()
             for p, late, cb in zip(payloads, lates, dones):  # noqa: B905 (lengths checked above)
                 dl = now - late + slo_s if deadline is None else float(deadline)
                 expire = (now + float(timeout_s)) if timeout_s is not None else dl + LOST_GRACE_S
                 req = Pending(next(self._ids), session, dl, p,
                                concurrent.futures.Future() if cb is None else None, cb, expire)
                 out.append(req)
-                addr = route.pick(self._dead) if route is not None else None
+                addr = route.pick(avoid) if route is not None else None
+                if addr is None and route is not None and avoid is not self._dead:  # only suspects left: try one
+                    addr = route.pick(self._dead)
                 if addr is None:
                     req.end("dropped", DropReason.NO_ROUTE, self._no_route_detail(session))
                     continue
@@ -313,16 +293,13 @@ class Frontend:
             conn.flush_scheduled = False
         if not batch:
             return
+        conn.track(batch)  # in flight from now: a backend that hangs while connecting is suspect as well
         try:
             if conn.comm is None:
                 await conn.open(self._connection_args(), lambda comm: self._spawn(self._read(conn, comm)))
-            for r in batch:
-                conn.inflight[r.id] = r
             self.sent_messages += await conn.send(batch, self.max_coalesce)
             self.sent_requests += len(batch)
         except (OSError, asyncio.TimeoutError) as exc:  # CommClosedError is an OSError: the backend is gone
-            for r in batch:
-                conn.inflight.setdefault(r.id, r)
             self._lose(conn, f"{type(exc).__name__}: {exc}")
         except Exception as exc:  # e.g. a payload that cannot be serialized: fail these requests, keep the backend
             for r in batch:
@@ -336,6 +313,40 @@ class Frontend:
             if not self._closed:
                 self._lose(conn, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
 
+    def _avoid(self) -> set[str]:
+        """Under the lock: the backends new requests avoid, lost and suspect (the lost set itself when none is
+        suspect)."""
+        suspects = self._health.suspects
+        return self._dead | set(suspects) if suspects else self._dead
+
+    def _move(self, addr: str, reqs: Iterable[Pending], now: float) -> list[Pending]:
+        """Loop thread: send each of ``reqs``, taken off backend ``addr``, to another backend of its session (neither
+        lost nor suspect) while its deadline allows; returns the requests that found none."""
+        again: dict[str, list[Pending]] = {}
+        stuck: list[Pending] = []
+        with self._lock:
+            avoid = self._avoid()
+            for r in reqs:
+                if r.done():
+                    continue
+                route = self._routes.get(r.session)
+                alt = route.pick(avoid, (*r.tried, addr)) if route is not None and r.deadline > now else None
+                if alt is None:
+                    stuck.append(r)
+                    continue
+                r.tried, r.addr = (*r.tried, addr), alt
+                again.setdefault(alt, []).append(r)
+            conns = []
+            for alt, moved in again.items():
+                c = self._conns.get(alt)
+                if c is None:
+                    c = self._conns[alt] = BackendStream(alt)
+                c.buffer.extend(moved)
+                conns.append(c)
+        for c in conns:
+            self._spawn(self._flush(c))
+        return stuck
+
     def _lose(self, conn: BackendStream, why: str) -> None:
         """Loop thread: the backend at ``conn.addr`` is gone. Re-route each of its in-flight requests to another
         backend of the same session while its deadline still allows, else fail it naming the lost worker."""
@@ -345,47 +356,38 @@ class Frontend:
                 del self._conns[addr]
             self._dead.add(addr)
             self._lost[addr] = why
+            self._health.forget(addr)
             pending = list(conn.inflight.values()) + conn.buffer
             conn.inflight = {}
             conn.buffer = []
         if conn.comm is not None:
             conn.comm.abort()
         logger.warning("nexus backend %s lost (%s); %d requests in flight", addr, why, len(pending))
-        now = time.time()
-        again: dict[str, list[Pending]] = {}
-        with self._lock:
-            for r in pending:
-                if r.done():
-                    continue
-                r.tried = (*r.tried, addr)
-                route = self._routes.get(r.session)
-                alt = route.pick(self._dead, r.tried) if route is not None and r.deadline > now else None
-                if alt is None:
-                    r.end("error", f"worker {addr} lost with request {r.id} of session {r.session!r} in flight ({why})")
-                    continue
-                r.addr = alt
-                again.setdefault(alt, []).append(r)
-            conns = []
-            for alt, reqs in again.items():
-                c = self._conns.get(alt)
-                if c is None:
-                    c = self._conns[alt] = BackendStream(alt)
-                c.buffer.extend(reqs)
-                conns.append(c)
-        for c in conns:
-            self._spawn(self._flush(c))
+        for r in self._move(addr, pending, time.time()):
+            r.end("error", f"worker {addr} lost with request {r.id} of session {r.session!r} in flight ({why})")
 
     async def _sweep(self) -> None:
-        """Nothing hangs: a request past its expiry (``timeout_s``, or its deadline plus ``LOST_GRACE_S``) fails."""
+        """Nothing hangs: a request past its expiry (``timeout_s``, or its deadline plus ``LOST_GRACE_S``) fails.
+        A backend silent with requests in flight for longer than the suspect bound is suspect: its requests go to
+        other backends of their sessions while deadlines allow, the rest fail at their deadline plus the bound,
+        and it is pinged until it speaks again."""
+        health = self._health
         while not self._closed:
-            await asyncio.sleep(_SWEEP_S)
-            now = time.time()
+            await asyncio.sleep(SWEEP_S)
+            mono, now = time.monotonic(), time.time()
+            stalled = health.own_stall(mono)
             for conn in list(self._conns.values()):
-                late = [r for r in conn.inflight.values() if r.expire < now]
-                for r in late:
-                    conn.inflight.pop(r.id, None)
-                    r.end("error", f"no reply from worker {conn.addr} for request {r.id} of session {r.session!r}"
-                                   " before its expiry (timeout_s, or its deadline plus the lost-worker grace)")
+                if stalled:  # the silence since the last sweep is this loop's own
+                    conn.busy_since = max(conn.busy_since, mono)
+                with self._lock:  # other threads read the suspects (``_avoid``, ``suspect_workers``)
+                    health.review(conn, mono)
+                ended, movable = health.take(conn, now, mono)
+                for r in self._move(conn.addr, movable, now):
+                    conn.inflight[r.id] = r  # no other backend: it may still answer in time
+                for r, why in ended:
+                    r.end("error", why)
+                if health.is_suspect(conn.addr):
+                    self._spawn(conn.ping())
 
     # ------------------------------------------------------------------------------------------ lifecycle
     def close(self) -> None:
@@ -430,3 +432,14 @@ class Frontend:
     def lost_workers(self) -> dict[str, str]:
         """Backends declared lost, with why."""
         return dict(self._lost)
+
+    @property
+    def suspect_workers(self) -> dict[str, float]:
+        """Backends suspect now (silent with requests in flight; routed around), with when (``time.time()``)."""
+        with self._lock:
+            return dict(self._health.suspects)
+
+    @property
+    def suspect_s(self) -> float:
+        """How long a stream may be silent with requests in flight before its backend is suspect (s)."""
+        return self._health.suspect_s

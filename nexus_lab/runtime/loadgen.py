@@ -2,13 +2,15 @@
 processes through their own ``Frontend``, so the notebook is never the bottleneck; reports offered load and outcomes.
 
 Arrival processes are the simulator's (``nexus_lab.arrivals``); only ``run_load``/``start_load`` touch the frontend
-and the cluster.
+and the cluster. Generators survive worker loss: no task is pinned to one address (a restarted worker comes back
+under a new one), and ``LoadHandle.result`` returns what finished plus an account of what was lost.
 Nothing here plans or batches.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import threading
 import time
@@ -55,6 +57,11 @@ class _Plan:
 
 
 FOLLOW_POLL_S = 0.5  # how often a following generator checks for new routes (within a backend's drain grace)
+#: A generator task that starts this long after ``start_load`` (its worker died and the scheduler ran it again
+#: elsewhere) offers nothing and reports itself lost: its load belonged to a window that has passed.
+START_GRACE_S = 5.0
+#: ``LoadHandle.result`` waits at most this long past the load's end for the generators' reports.
+RESULT_GRACE_S = 60.0
 
 
 def _follow_routes(fe: Any, client: Any, stop: threading.Event) -> None:
@@ -216,13 +223,18 @@ def _report(names: list[str], tallies: list[_Tally], kind: str, duration_s: floa
 
 
 def _generator(plan: _Plan, rates: dict[str, float], duration_s: float, kind: str, cv: float,
-               traces: dict[str, list[float]] | None, seed: int, keep_latencies: bool) -> dict[str, Any]:
-    """Runs in a worker process (a task): its own frontend, the load, the report."""
+               traces: dict[str, list[float]] | None, seed: int, keep_latencies: bool,
+               start_by: float = float("inf")) -> dict[str, Any]:
+    """Runs in a worker process (a task): its own frontend, the load, the report; only a note that it was lost
+    when it starts after ``start_by`` (``time.time()``: the scheduler re-ran it after its first worker died)."""
     from distributed import get_worker
 
     from .frontend import Frontend
 
     worker = get_worker()
+    if time.time() > start_by:
+        return {"lost": f"started {time.time() - start_by + START_GRACE_S:.1f} s after start_load on"
+                        f" {worker.address} (its first worker was lost)", "worker": worker.address}
     with Frontend(None, security=worker.security, coalesce_ms=plan.coalesce_ms,
                   max_coalesce=plan.max_coalesce) as fe:
         fe.set_routes(plan.routes, plan.sessions)
@@ -273,15 +285,54 @@ def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 class LoadHandle:
-    """The running load: ``result()`` waits for every generator and merges their reports."""
+    """The running load: ``result()`` waits (bounded) for the generators and merges the reports that came back.
 
-    def __init__(self, futures: list[Any], duration_s: float) -> None:
+    ``expected[k]`` is what generator ``k`` is to offer per session (requests), the measure of a lost one.
+    """
+
+    def __init__(self, futures: list[Any], duration_s: float, expected: list[dict[str, float]] | None = None,
+                 started: float | None = None) -> None:
         self.futures = futures
         self.duration_s = duration_s
+        self.expected = expected if expected is not None else [{} for _ in futures]
+        self.started = time.time() if started is None else started
 
     def result(self, timeout: float | None = None) -> dict[str, Any]:
-        reports = [f.result(timeout=timeout if timeout is not None else self.duration_s + 60) for f in self.futures]
-        return merge_reports(reports)
+        """The merged reports of the generators that finished within ``timeout`` (default: until
+        ``RESULT_GRACE_S`` after the load's end), plus ``lost_generators`` (how many did not: their worker died,
+        they failed or came too late; those still running are cancelled), ``lost`` (why, per generator) and
+        ``lost_offered`` (the requests per session they were to offer). Never raises for a lost generator."""
+        left = (self.started + self.duration_s + RESULT_GRACE_S - time.time()) if timeout is None else timeout
+        end = time.time() + max(left, 0.0)
+        for f in self.futures:  # each generator's own client: no default client needed
+            with contextlib.suppress(Exception):  # failed, lost, or the bound passed: sorted out below
+                f.result(timeout=max(end - time.time(), 0.001))
+        reports, lost = [], []
+        for f, expected in zip(self.futures, self.expected, strict=True):
+            why = None
+            try:
+                if f.status == "finished":
+                    rep = f.result(timeout=5)
+                    why = rep.get("lost")
+                    if why is None:
+                        reports.append(rep)
+                else:
+                    why = f"generator {f.status}" + (f": {f.exception(timeout=1)!r}" if f.status == "error" else "")
+            except Exception as exc:  # e.g. KilledWorker, a cancelled future, a lost scheduler
+                why = f"{type(exc).__name__}: {exc}"
+            if why is not None:
+                lost.append({"key": str(f.key), "reason": why, "offered": dict(expected)})
+                if not f.done():
+                    f.cancel()
+        out = merge_reports(reports)
+        out["lost_generators"] = len(lost)
+        out["lost"] = lost
+        lost_offered: dict[str, float] = {}
+        for item in lost:
+            for s, n in item["offered"].items():
+                lost_offered[s] = lost_offered.get(s, 0.0) + n
+        out["lost_offered"] = lost_offered
+        return out
 
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
@@ -292,7 +343,8 @@ def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, 
                workers: Sequence[str] | None = None, seed: int = 0, keep_latencies: bool = False,
                follow: bool | None = None) -> LoadHandle:
     """Start open-loop load on worker processes: each of ``workers`` (default: all) runs a generator task with
-    its own frontend and an equal share of every session's rate (traces are split round robin).
+    its own frontend and an equal share of every session's rate (traces are split round robin). A generator
+    prefers its worker but is pinned to no address: if the worker dies before it starts, another runs it.
 
     ``follow`` (default: when given a ``Frontend``, e.g. ``ctl.frontend``) makes the generators install the routes
     a controller publishes after every apply, so the load follows live re-plans instead of the routes at start.
@@ -322,10 +374,12 @@ def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, 
     if not gens:
         raise ValueError("workers: the cluster has no workers to run load generators")
     share = {s: float(r) / len(gens) for s, r in rates.items()}
-    futures = []
+    futures, expected = [], []
+    started = time.time()
     for k, w in enumerate(gens):
         tr = {s: list(t)[k::len(gens)] for s, t in traces.items()} if traces else None
         futures.append(client.submit(_generator, plan, share, float(duration_s), kind, cv, tr, seed + k,
-                                     keep_latencies, workers=[w], pure=False,
-                                     key=f"nexus-load-{uuid.uuid4().hex}-{k}"))
-    return LoadHandle(futures, float(duration_s))
+                                     keep_latencies, started + START_GRACE_S, workers=[w], allow_other_workers=True,
+                                     pure=False, key=f"nexus-load-{uuid.uuid4().hex}-{k}"))
+        expected.append({s: float(len(tr[s])) if tr and s in tr else r * float(duration_s) for s, r in share.items()})
+    return LoadHandle(futures, float(duration_s), expected, started)

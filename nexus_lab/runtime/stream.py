@@ -1,9 +1,11 @@
 """A frontend's persistent stream to one backend (its ``nexus_stream`` handler): the comm, the buffer of requests
-waiting to be flushed, the requests in flight and the holds the backend has told."""
+waiting to be flushed, the requests in flight, the holds the backend has told and when it last said anything (a
+backend beats while it holds requests of the stream, so silence with requests in flight means it hangs)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +29,33 @@ class BackendStream:
         self.inflight: dict[int, Pending] = {}
         self.lock: asyncio.Lock | None = None
         self.holds: dict[str, float] = {}  # session -> how long the backend holds its small batches (s), as it says
+        self.heard = 0.0  # time.monotonic() the backend last said anything on the stream
+        self.busy_since = 0.0  # time.monotonic() the in-flight set last went from empty to not
+        self.pinging = False
+
+    def track(self, batch: list[Pending]) -> None:
+        """Loop thread: ``batch`` is in flight from now (the silence clock starts when the first request goes)."""
+        if not self.inflight:
+            self.busy_since = time.monotonic()
+        for r in batch:
+            self.inflight[r.id] = r
+
+    def silence(self, mono: float) -> float:
+        """How long the backend has said nothing while requests were in flight (s); 0 with none in flight."""
+        return mono - max(self.heard, self.busy_since) if self.inflight else 0.0
+
+    async def ping(self) -> None:
+        """Ask a backend suspected of hanging to say something (an empty request message; it answers a beat)."""
+        if self.comm is None or self.lock is None or self.pinging:
+            return
+        self.pinging = True
+        try:
+            async with self.lock:
+                await self.comm.write(wire.PING)
+        except Exception:  # the reader sees a closed stream and loses the backend
+            pass
+        finally:
+            self.pinging = False
 
     async def open(self, connection_args: dict[str, Any], on_open: Callable[[Any], None]) -> Any:
         """Connect (once; concurrent callers wait for the same connection) and open the stream; ``on_open(comm)``
@@ -75,4 +104,6 @@ class BackendStream:
             self.holds = by_session
 
         while True:
-            wire.read_replies(await comm.read(), end, holds)
+            msg = await comm.read()
+            self.heard = time.monotonic()
+            wire.read_replies(msg, end, holds)

@@ -140,7 +140,7 @@ class NexusBackend(WorkerPlugin):
 
     async def nexus_stream(self, comm: Any, **_: Any) -> Any:
         """A frontend's persistent duplex stream (``nexus_lab.runtime.wire``): request messages in, reply
-        messages out, batched per wake-up of the writer."""
+        messages out, batched per wake-up of the writer, with beats while requests wait (``StreamSink.beats``)."""
         from distributed.core import Status
 
         comm.allow_offload = False  # bounded messages: no sizeof walk before each reply
@@ -148,12 +148,14 @@ class NexusBackend(WorkerPlugin):
         self._streams.add(sink)
         sink.holds(self.table.holds_ms())
         writer = asyncio.ensure_future(sink.writer())
+        beats = asyncio.ensure_future(sink.beats())
         enqueue, arrival = self.queues.enqueue, self.cycle.arrival
         try:
             while not self.cycle.closing:
                 rows = wire.request_rows(await comm.read())
                 if rows is None:
                     break
+                sink.received(len(rows))
                 for rid, session, deadline, payload in rows:
                     if enqueue(rid, session, deadline, payload, sink) and not arrival.is_set():
                         arrival.set()
@@ -162,7 +164,8 @@ class NexusBackend(WorkerPlugin):
         finally:
             sink.close()
             self._streams.discard(sink)
-            await asyncio.gather(writer, return_exceptions=True)
+            beats.cancel()
+            await asyncio.gather(writer, beats, return_exceptions=True)
             comm.abort()
         return Status.dont_reply
 

@@ -1,0 +1,123 @@
+"""How many GPUs a workload needs at least, known before anything is packed: the planner's size bound.
+
+Packing 4 million GPUs takes minutes and gigabytes; the lower bound ``sum_i R_i * l_i(b_i) / b_i``
+(docs/architecture.md section 2, step 4) takes microseconds per session. ``check_bound`` refuses a workload whose
+bound exceeds a limit (``plan_workload(max_gpus=...)``, ``nexus-lab plan --max-gpus``, or a cluster's size),
+naming the field that contributes most. Pure and deterministic; numpy only.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..fields import label
+from ..workload import Workload, WorkloadError
+from .squishy import per_request_ms
+
+__all__ = ["DEFAULT_MAX_GPUS", "GpuLimitError", "check_bound", "check_max_gpus", "format_gpus", "gpus_needed",
+           "per_request_ms"]
+
+#: ``plan_workload``'s default limit: generous for any real cluster, small enough to plan in seconds.
+DEFAULT_MAX_GPUS = 100_000
+
+
+class GpuLimitError(WorkloadError):
+    """A workload that needs more GPUs than a limit allows; the message starts with the field contributing most."""
+
+
+def _cost(workload: Workload, model: str, rates: Sequence[float], slos: Sequence[float]) -> np.ndarray:
+    """GPUs at least, per (rate, SLO) of one model: whole-model cost, or prefix plus suffix where cheaper."""
+    spec = workload.models[model]
+    mem = workload.device.memory_mb
+    budgets = np.asarray(slos, dtype=np.float64) - (spec.profile.preprocess_ms + spec.profile.postprocess_ms
+                                                    + workload.net_ms)
+    per_req = per_request_ms(spec.profile, budgets, mem)
+    if spec.prefix is not None:  # the prefix runs once for the whole group: a request may cost less
+        shared = per_request_ms(spec.prefix.prefix, budgets, mem) + per_request_ms(spec.prefix.suffix, budgets, mem)
+        per_req = np.minimum(per_req, shared)
+    with np.errstate(over="ignore"):  # beyond float range is inf GPUs: refused all the same
+        return np.asarray(rates, dtype=np.float64) * per_req / 1000.0
+
+
+def gpus_needed(workload: Workload, *, by_name: bool = False) -> tuple[float, str]:
+    """A lower bound on the GPUs any valid plan of ``workload`` needs, and the field contributing most.
+
+    Sessions cost ``R * min_b l(b)/b`` at their own budget; a query stage at its rate (the query's rate times the
+    fan-outs above it) and the budget of the query's whole SLO, which no split can exceed. The field is
+    ``sessions[i].rate`` or ``queries[j].rate`` (``sessions['name'].rate`` with ``by_name``, as editors show
+    them; ``""`` when nothing costs anything). Prefix groups are priced at prefix plus suffix per request where
+    that is cheaper than the whole model, so the bound stays a bound.
+    """
+    total, field, _ = _needs(workload, by_name)
+    return total, field
+
+
+def _needs(workload: Workload, by_name: bool) -> tuple[float, str, float]:
+    """Total lower bound, the field contributing most, and its share."""
+    by_model: dict[str, tuple[list[int], list[float], list[float]]] = {}
+    for i, s in enumerate(workload.sessions):
+        idx, rates, slos = by_model.setdefault(s.model, ([], [], []))
+        idx.append(i)
+        rates.append(s.rate)
+        slos.append(s.slo_ms)
+    costs = np.zeros(len(workload.sessions))
+    for model, (idx, rates, slos) in by_model.items():
+        costs[idx] = _cost(workload, model, rates, slos)
+    total = float(sum(costs.tolist(), 0.0))  # in session order, as squishy.lower_bound sums
+    best, field = 0.0, ""
+    if len(costs):
+        top = int(np.argmax(costs))
+        best, field = float(costs[top]), f"sessions[{workload.sessions[top].name!r}].rate" if by_name \
+            else f"sessions[{top}].rate"
+    for j, q in enumerate(workload.queries):
+        stage_rates = q.stage_rates()
+        per_stage = [float(_cost(workload, st.model, [stage_rates[st.name]], [q.slo_ms])[0]) for st in q.stages]
+        total += sum(per_stage)
+        if sum(per_stage) > best:
+            best, field = sum(per_stage), f"queries[{q.name!r}].rate" if by_name else f"queries[{j}].rate"
+    return total, field if total > 0 else "", best
+
+
+def format_gpus(n: float) -> str:
+    """``4.1e6`` for large counts, ``39959`` below a million: how refusals print an estimate."""
+    if not math.isfinite(n):
+        return "1e308+"
+    if n < 1e6:
+        return f"{n:,.0f}".replace(",", "")
+    mantissa, exponent = f"{n:.1e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def check_max_gpus(max_gpus: object, what: str = "max_gpus") -> int:
+    """``max_gpus`` as an int >= 1, or a ``ValueError`` naming ``what``."""
+    if isinstance(max_gpus, bool) or not isinstance(max_gpus, int) or max_gpus < 1:
+        raise ValueError(f"{what}: must be an integer >= 1, got {label(max_gpus)}")
+    return max_gpus
+
+
+def check_bound(workload: Workload, max_gpus: int = DEFAULT_MAX_GPUS, what: str = "max_gpus", *,
+                by_name: bool = False) -> float:
+    """Refuse ``workload`` when its lower bound on GPUs exceeds ``max_gpus``; else return the bound.
+
+    Raises ``GpuLimitError`` (a ``WorkloadError``) such as ``sessions[0].rate: needs ~4.0e6 GPUs, more than
+    max_gpus=100000``; ``what`` names the limit (a controller passes e.g. ``"cluster size"``), ``by_name`` names
+    sessions and queries by name (``sessions['cam1'].rate``, as the editors' previews do). Costs one pass over
+    the sessions: call it before planning, or to vet an edit.
+
+    Examples
+    --------
+    >>> from nexus_lab.workload import load_workload
+    >>> check_bound(load_workload({"sessions": [{"model": "vgg16", "slo_ms": 100, "rate": 1e9}]}))
+    Traceback (most recent call last):
+    ...
+    nexus_lab.planner.bounds.GpuLimitError: sessions[0].rate: needs ~4.0e6 GPUs, more than max_gpus=100000
+    """
+    limit = check_max_gpus(max_gpus, what)
+    need, field, top = _needs(workload, by_name)
+    if need > limit:
+        alone = "" if top > limit else f" (the whole workload; this field alone ~{format_gpus(top)}, the most)"
+        raise GpuLimitError(f"{field}: needs ~{format_gpus(need)} GPUs, more than {what}={limit}{alone}")
+    return need if math.isfinite(need) else math.inf
