@@ -8,6 +8,7 @@ import pytest
 from nexus_lab.planner import plan_workload
 from nexus_lab.widgets import Dashboard, SimController, dashboard, placement_editor, query_editor, slo_editor
 from nexus_lab.widgets.logic import (
+    PALETTE,
     dag_layout,
     edit_placement,
     gantt_bars,
@@ -107,7 +108,7 @@ def test_moved_sessions_ignores_gpu_numbering(ctl):
 def test_slo_editor_refuses_inline_then_applies(ctl):
     ed = slo_editor(ctl).editor
     ed.set_value("classify", "slo_ms", -1)
-    assert ed.apply_button.disabled and "refused" in ed.preview_html.value and "must be &gt; 0" in ed.preview_html.value
+    assert ed.apply_button.disabled and "The SLO must be more than 0 ms (you entered -1)." in ed.status.value
     assert ed.apply() is None and ctl.workload.sessions[0].slo_ms == 100  # nothing pushed
     v0 = ctl.version
     ed.set_value("classify", "slo_ms", 60)
@@ -115,7 +116,7 @@ def test_slo_editor_refuses_inline_then_applies(ctl):
     plan = ed.apply()
     assert plan is not None and ctl.version == v0 + 1
     assert next(s for s in ctl.workload.sessions if s.name == "classify").slo_ms == 60
-    assert ed.edits == {} and "applied" in ed.status.value
+    assert ed.edits == {} and "Applied" in ed.status.value
 
 
 def test_editors_follow_plans_applied_elsewhere(ctl):
@@ -126,7 +127,7 @@ def test_editors_follow_plans_applied_elsewhere(ctl):
 
     def gpus_label(name: str) -> str:
         row = next(r for r in slo.rows.children[1:] if r.children[0].value == name)
-        return row.children[4].value
+        return row.children[5].value
 
     before = gpus_label("classify")
     ctl.set_rate("classify", 3000)
@@ -151,14 +152,22 @@ def test_editors_follow_plans_applied_elsewhere(ctl):
     assert len(ctl._plan_listeners) == listening
 
 
-def test_slo_editor_rate_text(ctl):
+def test_slo_editor_rate_box_and_measured(ctl):
+    """Rates go in a number box; "measured" is a tick box that says what it does, and Apply makes it so."""
     ed = slo_editor(ctl).editor
-    ed.rate_inputs["faces"].value = "abc"
-    assert not ed.last_preview.ok and "rate" in ed.last_preview.error
-    ed.rate_inputs["faces"].value = "250"
-    assert ed.last_preview.ok
+    assert isinstance(ed.rate_inputs["faces"], type(ed.slo_inputs["faces"]))  # both number boxes
+    ed.rate_inputs["faces"].value = -5
+    assert not ed.last_preview.ok and ed.apply_button.disabled
+    assert "The rate must be 0 requests/s or more (you entered -5.0)." in ed.status.value
+    ed.rate_inputs["faces"].value = 250
+    assert ed.last_preview.ok and not ed.apply_button.disabled and ed.status.value == ""
     ed.apply()
     assert next(s for s in ctl.workload.sessions if s.name == "faces").rate == 250
+    ed.measured_inputs["scenes"].value = True
+    assert ed.rate_inputs["scenes"].disabled and ed.edits == {"scenes": {"rate": None}}
+    assert not ed.apply_button.disabled
+    assert ed.apply() is not None and "scenes" in ctl.editor.measured
+    assert ed.measured_inputs["scenes"].value and ed.rate_inputs["scenes"].disabled
 
 
 def test_query_preview_dp_not_worse_than_even(ctl):
@@ -267,8 +276,8 @@ def test_dashboard_refreshes_and_stops(ctl):
         assert len(d.history) <= 5  # bounded
         z = d.util.data[0].z
         assert len(z) == 4 and all(len(r) == len(d.history) for r in z)
-        assert len(d.placement.data[1].x) == sum(len(g.allocations) for g in ctl.current_plan.gpus)
-        assert len(d.gantt.data[0].x) > 0
+        assert sum(len(t.x) for t in d.placement.data[1:]) == sum(len(g.allocations) for g in ctl.current_plan.gpus)
+        assert len(d.gantt.data[1].x) > 0
         assert "classify" in d.goodput.data[1].x
         # A cell can run while it updates: the main thread is never held.
         t = time.time()
@@ -335,3 +344,177 @@ def test_nvml_devices_reads_every_cuda_device(monkeypatch):
     assert nvml_devices() is None  # no driver: the dashboard shows the controller's figures only
     monkeypatch.setitem(sys.modules, "pynvml", None)  # not installed
     assert nvml_devices() is None
+
+
+# ---------------------------------------------------------------------------------------------- issue 13: legibility
+def _figures(d):
+    return [d.util, d.placement, d.goodput, d.latency, d.drops, d.gantt]
+
+
+def test_dashboard_sends_plain_lists_of_finite_numbers(ctl):
+    """What goes over the wire: plotly's widget serializer sends 1-D numeric numpy arrays as binary buffers, which
+    plotly.js reads as ``{"0": ..}`` objects (console warnings, black bars), and JSON has no NaN. Every array a
+    dashboard sends is a JSON list of finite numbers, None or strings."""
+    import json
+
+    from plotly.serializers import _py_to_js
+
+    def no_buffers(v, where):
+        if isinstance(v, dict):
+            assert "buffer" not in v, where
+            for k, x in v.items():
+                no_buffers(x, f"{where}.{k}")
+        elif isinstance(v, list):
+            for x in v:
+                no_buffers(x, where)
+
+    d = Dashboard(ctl, start=False)
+    try:
+        d.refresh()
+        d.refresh()
+        for fig in _figures(d):
+            for tr in fig.data:
+                sent = _py_to_js(tr.to_plotly_json(), None)
+                no_buffers(sent, f"{fig.layout.title.text}/{tr.name}")
+                json.dumps(sent, allow_nan=False)  # raises on NaN/inf and on anything not JSON
+                color = sent.get("marker", {}).get("color")
+                assert color is None or isinstance(color, (str, list)), (tr.name, color)
+    finally:
+        d.close()
+
+
+def test_dashboard_colours_names_and_lanes_are_stable(ctl):
+    """One colour per session across charts (none shared), the same "GPU i" names in every chart, every GPU in
+    its lane in a fixed order, busy or idle, refresh after refresh."""
+    ctl.remove("faces")
+    ctl.apply()  # fewer GPUs than workers: one GPU is idle
+    assert ctl.current_plan.num_gpus < ctl.gpus
+    d = Dashboard(ctl, start=False)
+    try:
+        lanes = [f"GPU {i}" for i in range(ctl.gpus)]
+        for _ in range(3):
+            d.refresh()
+            assert list(d.util.data[0].y) == lanes
+            assert list(d.gantt.data[0].y) == lanes  # the lanes trace: idle GPUs keep their row
+            assert list(d.placement.data[0].x) == lanes
+            assert "idle" in d.placement.data[0].text
+        gantt = {t.name: t.marker.color for t in d.gantt.data[2:]}  # the legend's entries
+        place = {t.name: t.marker.color for t in d.placement.data[1:]}
+        assert {"classify", "traffic/car"} <= set(place)
+        assert all(gantt[s] == c for s, c in place.items())
+        bars = d.gantt.data[1]  # each bar's palette position is its session's colour
+        assert all(PALETTE[int(v)] == gantt[cd[0]] for v, cd in zip(bars.marker.color, bars.customdata, strict=True))
+        assert len(set(place.values())) == len(place)  # classify and traffic/car no longer share a colour
+        assert all(t.showlegend is not False for t in d.placement.data[1:])  # a legend names them
+        editor = placement_editor(ctl).editor  # the editor's placement chart uses the same colours
+        assert {t.name: t.marker.color for t in editor.view.data[1:]} == place
+        for fig in _figures(d):
+            assert fig.layout.title.text and fig.layout.title.x == 0  # left, clear of the (hidden) toolbar
+            assert fig._config.get("displayModeBar") is False
+            assert fig.layout.paper_bgcolor == "rgba(0,0,0,0)"  # the theme's background shows through
+        for fig in (d.util, d.placement, d.goodput, d.latency, d.drops, d.gantt):
+            assert fig.layout.xaxis.title.text and fig.layout.yaxis.title.text
+        assert all(f.layout.width <= 450 for f in _figures(d))  # two per row fit 1000 px, and they wrap
+    finally:
+        d.close()
+
+
+def test_session_colors_keep_and_extend():
+    from nexus_lab.widgets.figures import session_colors
+
+    first = session_colors(["a", "b"])
+    more = session_colors(["c", "a"], first)
+    assert more["a"] == first["a"] and more["b"] == first["b"] and len(set(more.values())) == 3
+    many = session_colors(f"s{i}" for i in range(25))
+    assert len(set(list(many.values())[:20])) == 20
+
+
+def test_lab_theme_is_read_from_the_settings(tmp_path):
+    from nexus_lab.widgets.figures import lab_theme_dark, theme_layout
+
+    assert lab_theme_dark(str(tmp_path)) is False  # nothing set: JupyterLab Light
+    f = tmp_path / "@jupyterlab" / "apputils-extension" / "themes.jupyterlab-settings"
+    f.parent.mkdir(parents=True)
+    f.write_text('{\n  // "theme": "JupyterLab Light"\n  "theme": "JupyterLab Dark"\n}')
+    assert lab_theme_dark(str(tmp_path)) is True
+    f.write_text('{"theme": "JupyterLab Light", "adaptive-theme": true}')
+    assert lab_theme_dark(str(tmp_path)) is None
+    assert theme_layout(True)["font"]["color"] != theme_layout(False)["font"]["color"]
+
+
+def test_static_figures_order_lanes_and_share_colours():
+    from nexus_lab.widgets.figures import session_colors, static_gantt, static_placement
+    from nexus_lab.widgets.logic import Bar
+
+    bars = [Bar(f"GPU {g}", s, t, t + 0.01, 4) for g, s, t in ((3, "a", 0.0), (0, "b", 0.01), (2, "a", 0.02))]
+    colors = session_colors(["a", "b"])
+    fig = static_gantt(bars, lanes=[f"GPU {i}" for i in range(4)], colors=colors)
+    assert list(fig.data[0].y) == ["GPU 0", "GPU 1", "GPU 2", "GPU 3"]
+    assert {t.name: t.marker.color for t in fig.data[2:]} == colors
+    assert static_placement([], [(0, 0.5)], colors=colors).data[0].text == ("50%",)
+
+
+# ---------------------------------------------------------------------------------------------- issue 13: editors
+def test_plain_messages():
+    from nexus_lab.widgets.edit_common import plain
+
+    assert plain("set_slo.slo_ms: must be > 0, got -1") == "The SLO must be more than 0 ms (you entered -1)."
+    said = plain("classify: budget L' = -10.57 ms (SLO 5 ms less pre/post-processing and network) is below "
+                 "2*l(1) = 14.49 ms")
+    assert said.startswith("For classify, an SLO of 5 ms is too tight") and "L'" not in said and "no time" in said
+    assert plain("batches[(0, 'faces')]: must be an integer >= 1, got 0") == (
+        "The batch size of faces on GPU 0 must be a whole number, at least 1 (you entered 0).")
+    assert "duty cycle" in plain("gpu 1/faces: rate 200.000/s needs batch 12.34 > 1 per duty cycle 61.700 ms")
+
+
+def test_slo_editor_apply_only_with_a_change_and_stale_messages_go(ctl):
+    ed = slo_editor(ctl).editor
+    assert ed.apply_button.disabled  # nothing changed yet
+    ed.slo_inputs["classify"].value = 80
+    assert not ed.apply_button.disabled
+    ed.slo_inputs["classify"].value = 100  # back to what runs: no change
+    assert ed.apply_button.disabled and ed.edits == {}
+    assert ed.apply() is None and "Nothing to apply" in ed.status.value
+    ed.slo_inputs["classify"].value = 80
+    assert ed.apply() is not None and "Applied" in ed.status.value
+    ed.slo_inputs["classify"].value = -10
+    assert "Applied" not in ed.status.value and "more than 0 ms" in ed.status.value  # replaced, not stacked
+    assert ed.widget.children[-1] is ed.status and ed.status.value.count("<span") == 1
+
+
+def test_query_editor_renames_refuses_closed_and_says_no_inf(ctl):
+    ed = query_editor(ctl, "traffic").editor
+    assert ed.apply_button.disabled and "runs now" in ed.status.value  # nothing changed yet
+    ed.add_stage(model="vgg_face", parent="detect", gamma=0.5)
+    new = ed.stages[-1]["name"]
+    assert new == "vgg_face" and not ed.apply_button.disabled  # named after its model, not "stage1"
+    ed.rename_stage("detect", "find")
+    assert [s["parent"] for s in ed.stages] == [None, "find", "find"] and ed.last_preview.ok
+    assert ed.rename_stage("car", "find") is None and "name of its own" in ed.status.value
+    assert len(ed.graph.layout.annotations) == 2  # an arrow per edge
+    ed.slo.value = 250.0
+    assert "inf" not in ed.summary.value
+    if ed.last_preview.ok and ed.last_preview.even_gpu_cost is None:
+        assert "even split cannot serve" in ed.summary.value
+    ctl.close()
+    ed.slo.value = 400.0
+    assert ed.apply_button.disabled and "closed" in ed.status.value and ed.apply() is None
+
+
+def test_placement_editor_refuses_bad_batches_and_automatic_is_idempotent(ctl):
+    ed = placement_editor(ctl).editor
+    g = ctl.current_plan.gpus[0]
+    a = g.allocations[0]
+    for bad in (0, -3):
+        viol = ed.set_batch(g.id, a.session, bad)
+        assert viol and "at least 1" in ed.status.value and (g.id, a.session) not in ed.batches
+    v = ctl.version
+    ed.automatic()
+    ed.automatic()
+    assert ctl.version == v and "Already automatic" in ed.status.value  # nothing changed: no re-plan
+
+
+def test_closed_simulator_runs_nothing(ctl):
+    ctl.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        ctl.apply()

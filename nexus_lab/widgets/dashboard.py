@@ -80,6 +80,7 @@ class Dashboard:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._plan_key: Any = None
+        self.colors: dict[str, str] = {}  # session -> colour, kept for the dashboard's life
         self.util = figures.utilization_figure()
         self.goodput = figures.goodput_figure()
         self.latency = figures.latency_figure()
@@ -87,14 +88,11 @@ class Dashboard:
         self.gantt = figures.gantt_figure()
         self.placement = figures.placement_figure()
         self.header = W.HTML()
-        self.widget = _Box(self, children=[
-            self.header,
-            W.HBox([self.util, self.placement]),
-            W.HBox([self.goodput, self.latency]),
-            W.HBox([self.drops, self.gantt]),
-        ])
-        for f in (self.util, self.goodput, self.latency, self.drops, self.gantt, self.placement):
-            f.layout.width = 560
+        # One wrapping row: two figures side by side from about 900 px of output, one per row below it, so no
+        # width needs a horizontal scrollbar.
+        grid = W.Box([self.util, self.placement, self.goodput, self.latency, self.drops, self.gantt],
+                     layout=W.Layout(display="flex", flex_flow="row wrap", width="100%"))
+        self.widget = _Box(self, children=[self.header, grid])
         self.widget.add_class("nexus-dashboard")
         self.widget.dashboard = self
         self.refresh()
@@ -145,17 +143,19 @@ class Dashboard:
         now = time.time()
         gpus = st.get("gpus", [])
         nvml = nvml_devices() if str(st.get("cluster", {}).get("device", "")).startswith("cuda") else None
-        lanes = {}
+        # Each worker is one GPU, named by its place in the worker list: the same name and row in every chart,
+        # busy or idle, whichever plan GPU it runs now.
+        lanes = [f"GPU {i}" for i in range(len(gpus))]
+        by_worker = {g.get("worker", str(i)): lanes[i] for i, g in enumerate(gpus)}
+        by_plan_id = {int(g["gpu"]): lanes[i] for i, g in enumerate(gpus) if g.get("gpu") is not None}
         sample = {}
         for i, g in enumerate(gpus):
-            # Gantt lanes follow the plan's GPU ids; heatmap rows are the workers (stable across re-plans).
-            lanes[g.get("worker", str(i))] = f"GPU {g['gpu']}" if g.get("gpu") is not None else f"idle worker {i}"
             u = g.get("utilization")
             if nvml and i < len(nvml):
                 u = nvml[i]["utilization"]
-            sample[f"worker {i}"] = float(u) if u is not None else None
+            sample[lanes[i]] = float(u) if u is not None else None
         self.history.append((now, sample))
-        names = sorted({k for _, s in self.history for k in s}, key=_lane_order)
+        names = sorted({k for _, s in self.history for k in s}, key=figures.lane_order)
         ages = [round(t - now, 1) for t, _ in self.history]
         rows = [[s.get(n) for _, s in self.history] for n in names]
         with self.util.batch_update():
@@ -163,29 +163,24 @@ class Dashboard:
         sessions = list(st.get("sessions", []))
         for q in st.get("queries", []):
             for stage in q.get("stages", []):
-                sessions.append({"name": stage["session"], "slo_ms": stage.get("budget_ms")})
-        metric = {s["name"]: s for s in sessions}
+                sessions.append({**stage, "name": stage["session"], "slo_ms": stage.get("budget_ms")})
+        self.colors = figures.session_colors([s["name"] for s in sessions], self.colors)
         with self.goodput.batch_update(), self.latency.batch_update(), self.drops.batch_update():
-            figures.session_bars_update(self.goodput, self.latency, self.drops, list(metric.values()))
+            figures.session_bars_update(self.goodput, self.latency, self.drops, sessions)
         plan = self.ctl.current_plan
         window = last_cycles_window(plan, self.gantt_cycles)
-        bars = gantt_bars(self.ctl.traces(), lanes, window_s=window)
+        bars = gantt_bars(self.ctl.traces(), by_worker, window_s=window)
         with self.gantt.batch_update():
-            figures.gantt_update(self.gantt, bars)
-        key = (st.get("cluster", {}).get("version"), id(plan))
+            figures.gantt_update(self.gantt, bars, lanes, self.colors)
+        key = (st.get("cluster", {}).get("version"), id(plan), tuple(lanes))
         if key != self._plan_key:
             self._plan_key = key
             segs = placement_segments(plan, self.ctl.workload) if plan is not None else []
-            occ = [(p.id, p.occupancy) for p in plan.gpus] if plan is not None else []
+            occ = [(lanes[i], g.get("occupancy")) for i, g in enumerate(gpus)]
             with self.placement.batch_update():
-                figures.placement_update(self.placement, segs, occ)
+                figures.placement_update(self.placement, segs, occ, self.colors, by_plan_id)
         self.header.value = _header_html(st, nvml)
         self.refreshes += 1
-
-
-def _lane_order(name: str) -> tuple[int, str]:
-    tail = name.rsplit(" ", 1)[-1]
-    return (0, f"{int(tail):06d}") if tail.isdigit() else (1, name)
 
 
 def _header_html(st: Mapping[str, Any], nvml: list[dict[str, float]] | None) -> str:
@@ -193,8 +188,8 @@ def _header_html(st: Mapping[str, Any], nvml: list[dict[str, float]] | None) -> 
     sess = st.get("sessions", [])
     served = [s for s in sess if s.get("slo_attainment") is not None]
     att = sum(s["slo_attainment"] for s in served) / len(served) if served else None
-    parts = [f"<b>{html.escape(str(c.get('device', '')))}</b>", f"workers {c.get('workers', '?')}",
-             f"GPUs used {c.get('gpus_used', '?')}", f"plan v{c.get('version', '?')}",
+    parts = [f"<b>{html.escape(str(c.get('device', '')))}</b>",
+             f"{c.get('gpus_used', '?')} of {c.get('workers', '?')} GPUs in use", f"plan v{c.get('version', '?')}",
              f"sessions {len(sess)}", f"queries {len(st.get('queries', []))}"]
     if c.get("plan_age_s") is not None:
         parts.append(f"plan age {c['plan_age_s']:.0f} s")

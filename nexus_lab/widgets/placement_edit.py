@@ -12,11 +12,11 @@ import ipywidgets as W
 
 from ..controller.protocol import ControllerView
 from ..planner import Plan
-from ..planner.manual import edit_placement, placement_violations
+from ..planner.manual import edit_placement, placement_signature, placement_violations
 from ..workload import WorkloadError
 from . import figures
-from .edit_common import follow, msg, widget_of
-from .logic import placement_grid, placement_segments, session_gpus
+from .edit_common import follow, msg, plain, widget_of
+from .logic import placement_grid, placement_segments, session_gpus, stage_sessions
 
 __all__ = ["PlacementEditor", "placement_editor"]
 
@@ -29,25 +29,28 @@ class PlacementEditor:
     def __init__(self, ctl: ControllerView) -> None:
         self.ctl = ctl
         self.moves: dict[str, tuple[int, int]] = {}
+        self._manual = False  # a manual placement of this editor runs: "Automatic" must re-plan
         self.batches: dict[tuple[int, str], int] = {}
         self.violations: list[str] = []
         self.edited: Plan | None = None
         self.grid = W.GridBox()
         self.view = figures.placement_figure()
-        self.view.layout.width = 560
+        self.colors: dict[str, str] = {}
         self.session_dd = W.Dropdown(description="move")
         self.src_dd = W.Dropdown(description="from GPU", layout=W.Layout(width="160px"))
         self.dst_dd = W.Dropdown(description="to GPU", layout=W.Layout(width="160px"))
         self.move_button = W.Button(description="Move")
-        self.apply_button = W.Button(description="Apply", button_style="primary", icon="check")
+        self.apply_button = W.Button(description="Apply", button_style="primary", icon="check", disabled=True)
         self.auto_button = W.Button(description="Automatic", icon="refresh")
-        self.feasible = W.HTML()
-        self.status = W.HTML()
+        self.feasible = W.HTML()  # the edited placement's check, kept current
+        self.status = W.HTML()  # the last action's message: a new one replaces it
         self.move_button.on_click(lambda _: self.move(self.session_dd.value, self.src_dd.value, self.dst_dd.value))
         self.apply_button.on_click(lambda _: self.apply())
         self.auto_button.on_click(lambda _: self.automatic())
         self.session_dd.observe(lambda _ch: self._sources(), names="value")
-        self.widget = W.VBox([W.HBox([self.grid, self.view]),
+        self.widget = W.VBox([W.HTML("<b>Placement</b>: the batch each session runs on each GPU. Change a batch "
+                                     "or move a session; every constraint is checked as you edit."),
+                              W.Box([self.grid, self.view], layout=W.Layout(display="flex", flex_flow="row wrap")),
                               W.HBox([self.session_dd, self.src_dd, self.dst_dd, self.move_button]),
                               self.feasible, W.HBox([self.apply_button, self.auto_button]), self.status])
         self.widget.add_class("nexus-placement-editor")
@@ -62,8 +65,8 @@ class PlacementEditor:
         self.moves = {n: (src, dst) for n, (src, dst) in self.moves.items() if (src, n) in cells}
         self._update()
         if self.moves or self.batches:
-            self.status.value = msg(f"the cluster re-planned (plan v{version}); your edits are checked against it",
-                                     True)
+            self.status.value = msg(f"The cluster re-planned (plan v{version}); your edits are checked against it.",
+                                    None)
 
     def _base(self) -> Plan:
         plan = self.ctl.current_plan
@@ -79,7 +82,13 @@ class PlacementEditor:
         return self._try(moves={**self.moves, session: (src, dst)}, batches=self.batches)
 
     def set_batch(self, gpu: int, session: str, batch: int) -> list[str]:
-        """Change the batch of ``session`` on GPU ``gpu``; returns the violations."""
+        """Change the batch of ``session`` on GPU ``gpu``; returns the violations. A batch below 1 is refused (and
+        the box shows the batch again), never silently clamped."""
+        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+            why = f"A batch is a number of requests, at least 1: {batch!r} is refused for {session} on GPU {gpu}."
+            self.status.value = msg(why, False)
+            self._update()
+            return [why]
         return self._try(moves=self.moves, batches={**self.batches, (gpu, session): batch})
 
     def _try(self, moves: dict[str, tuple[int, int]], batches: dict[tuple[int, str], int]) -> list[str]:
@@ -87,9 +96,10 @@ class PlacementEditor:
         try:
             edit_placement(self._base(), self.ctl.workload, moves=moves, batches=batches)
         except WorkloadError as exc:
-            self.feasible.value = msg(f"refused: {exc}", False)
+            self.status.value = msg(plain(exc), False)
             return [str(exc)]
         self.moves, self.batches = dict(moves), dict(batches)
+        self.status.value = ""  # the last message is stale once the placement changed
         return self._update()
 
     def _update(self) -> list[str]:
@@ -108,16 +118,20 @@ class PlacementEditor:
             items.append(W.HTML(f"GPU {g}"))
             for s in sessions:
                 if (g, s) in cells:
-                    box = W.BoundedIntText(value=cells[(g, s)], min=1, max=4096, layout=W.Layout(width="80px"))
+                    box = W.IntText(value=cells[(g, s)], layout=W.Layout(width="80px"))
                     box.observe(lambda ch, g=g, s=s: self.set_batch(g, s, int(ch["new"])), names="value")
                     items.append(box)
                 else:
                     items.append(W.HTML("&middot;"))
         self.grid.children = items
         self.grid.layout = W.Layout(grid_template_columns=f"70px repeat({cols - 1}, 100px)")
+        # colours in the workload's order, as the dashboard gives them: a session looks the same in both
+        order = [x.name for x in wl.sessions] + [n for q in wl.queries for n in stage_sessions(
+            q.name, [{"name": st.name} for st in q.stages])]
+        self.colors = figures.session_colors([*order, *sessions], self.colors)
         with self.view.batch_update():
-            figures.placement_update(self.view, placement_segments(plan, wl), [(g.id, g.occupancy)
-                                                                               for g in plan.gpus])
+            figures.placement_update(self.view, placement_segments(plan, wl), [(f"GPU {g.id}", g.occupancy)
+                                                                               for g in plan.gpus], self.colors)
         names = sorted({s for _, s in cells})
         if list(self.session_dd.options) != names:
             self.session_dd.options = names
@@ -129,11 +143,14 @@ class PlacementEditor:
             self.dst_dd.value = gpus[0]
         self._sources()
         if self.violations:
-            self.feasible.value = ("<div class='nexus-violations' style='color:#d62728'>infeasible:<ul>" + "".join(
-                f"<li>{html.escape(v)}</li>" for v in self.violations) + "</ul></div>")
+            self.feasible.value = ("<div class='nexus-violations' style='color:#d62728'>This placement is infeasible:"
+                                   "<ul>" + "".join(f"<li>{html.escape(plain(v))}</li>" for v in self.violations)
+                                   + "</ul></div>")
+        elif self.moves or self.batches:
+            self.feasible.value = msg("This placement is feasible: every constraint holds.", True)
         else:
-            self.feasible.value = msg("feasible", True)
-        self.apply_button.disabled = bool(self.violations) or not (self.moves or self.batches)
+            self.feasible.value = msg("This is the placement that runs now.", None)
+        self.apply_button.disabled = bool(self.violations) or not (self.moves or self.batches) or self.ctl.closed
         return list(self.violations)
 
     def _live_moves(self, base: Plan) -> dict[str, tuple[int, int]]:
@@ -152,27 +169,47 @@ class PlacementEditor:
     def apply(self) -> Plan | None:
         """Run the edited placement (``ctl.apply_plan``) and pause re-planning: it holds until "Automatic"."""
         viol = self._update()
+        if self.ctl.closed:
+            self.status.value = msg("This controller is closed: start a new one to apply placements.", False)
+            return None
         if viol or self.edited is None:
-            self.status.value = msg("not applied: the placement is infeasible", False)
+            self.status.value = msg("Not applied: the placement is infeasible (see the reasons above).", False)
+            return None
+        if not (self.moves or self.batches):
+            self.status.value = msg("Nothing to apply: change a batch or move a session first.", None)
             return None
         try:
             self.ctl.pause()  # the epoch loop must not re-plan a manual placement away
             plan = self.ctl.apply_plan(self.edited)
         except Exception as exc:  # a backend refusing its part
-            self.status.value = msg(f"apply failed: {exc}", False)
+            self.status.value = msg(f"Apply failed: {plain(exc)}", False)
             return None
-        self.status.value = msg(f"manual placement applied (plan v{self.ctl.version})", True)
         self.reload()
+        self._manual = True
+        self.status.value = msg(f"Your placement runs (plan v{self.ctl.version}); re-planning is paused until you "
+                                "press Automatic.", True)
         return plan
 
-    def automatic(self) -> Plan:
-        """Hand placement back to the planner: drop pins and manual edits, re-plan and apply."""
+    def automatic(self) -> Plan | None:
+        """Hand placement back to the planner: drop pins and manual edits, resume re-planning, and re-plan only
+        when the planner's placement differs from the one that runs (a second click changes nothing)."""
+        if self.ctl.closed:
+            self.status.value = msg("This controller is closed: start a new one to re-plan.", False)
+            return None
         for s in [x.name for x in self.ctl.workload.sessions]:
             self.ctl.unpin(s)
         self.ctl.resume()
+        cur, new = self.ctl.current_plan, self.ctl.plan()
+        if (not self._manual and cur is not None and cur.num_gpus == new.num_gpus
+                and placement_signature(cur) == placement_signature(new)):
+            self.reload()
+            self.status.value = msg(f"Already automatic: the planner's placement runs (plan v{self.ctl.version}).",
+                                    None)
+            return cur
         plan = self.ctl.apply()
-        self.status.value = msg(f"automatic placement (plan v{self.ctl.version})", True)
+        self._manual = False
         self.reload()
+        self.status.value = msg(f"Automatic placement: plan v{self.ctl.version} on {plan.num_gpus} GPUs.", True)
         return plan
 
 

@@ -10,14 +10,13 @@ import html
 from typing import Any
 
 import ipywidgets as W
-import plotly.graph_objects as go
 
 from ..controller.preview import QueryPreview, preview_query
 from ..controller.protocol import ControllerView
 from ..planner import Plan
 from ..workload import WorkloadError
 from . import figures
-from .edit_common import msg, widget_of
+from .edit_common import css, msg, plain, widget_of
 from .logic import dag_layout
 
 __all__ = ["QueryEditor", "query_editor"]
@@ -32,51 +31,56 @@ class QueryEditor:
         wl = ctl.workload
         q = next((x for x in wl.queries if x.name == name), wl.queries[0] if wl.queries and name is None else None)
         self.models = sorted(wl.models)
-        self.name = W.Text(value=q.name if q else (name or "query"), description="name")
-        self.slo = W.FloatText(value=q.slo_ms if q else 400.0, description="SLO ms")
-        self.rate = W.FloatText(value=q.rate if q else 10.0, description="rate /s")
-        self.stages: list[dict[str, Any]] = ([{"name": st.name, "model": st.model,
-                                               "parent": st.parents[0] if st.parents else None, "gamma": st.gamma}
-                                              for st in q.stages] if q else
-                                             [{"name": "stage1", "model": self.models[0] if self.models else "",
-                                               "parent": None, "gamma": 1.0}])
+        self.name = W.Text(value=q.name if q else (name or "query"), description="name",
+                           layout=W.Layout(width="220px"))
+        self.slo = W.FloatText(value=q.slo_ms if q else 400.0, description="SLO (ms)", layout=W.Layout(width="200px"))
+        self.rate = W.FloatText(value=q.rate if q else 10.0, description="rate (req/s)",
+                                style={"description_width": "80px"}, layout=W.Layout(width="220px"))
+        self.stages: list[dict[str, Any]] = [{"name": st.name, "model": st.model,
+                                              "parent": st.parents[0] if st.parents else None, "gamma": st.gamma}
+                                             for st in q.stages] if q else []
+        if not self.stages:
+            self.stages.append({"name": self._fresh(self.models[0] if self.models else "stage"),
+                                "model": self.models[0] if self.models else "", "parent": None, "gamma": 1.0})
         self.last_preview: QueryPreview | None = None
         self.rows = W.VBox()
-        self.graph = go.FigureWidget(layout=figures._layout("Query DAG: stage budgets (DP split)", 300,
-                                                            showlegend=False, xaxis={"visible": False},
-                                                            yaxis={"visible": False}))
-        self.graph.layout.width = 520
+        self.graph = figures.dag_figure()
+        self.graph.layout.width = 420
         self.summary = W.HTML()
-        self.status = W.HTML()
+        self.status = W.HTML()  # the one message line: a new message replaces the last
         self.add_button = W.Button(description="Add stage", icon="plus")
-        self.apply_button = W.Button(description="Apply", button_style="primary", icon="check")
+        self.apply_button = W.Button(description="Apply", button_style="primary", icon="check", disabled=True)
         self.add_button.on_click(lambda _: self.add_stage())
         self.apply_button.on_click(lambda _: self.apply())
         for w in (self.name, self.slo, self.rate):
             w.observe(lambda _ch: self.preview(), names="value")
-        self.widget = W.VBox([W.HBox([self.name, self.slo, self.rate]), self.rows,
-                              W.HBox([self.add_button, self.apply_button]), W.HBox([self.graph, self.summary]),
-                              self.status])
+        help_ = W.HTML("<small>Each stage runs a model on its parent's output; <i>fan-out</i> (gamma) is how many "
+                       "requests one parent request makes for this stage (1.5: three cars per two frames).</small>")
+        self.widget = W.VBox([W.HBox([self.name, self.slo, self.rate]), help_, self.rows,
+                              W.HBox([self.add_button, self.apply_button]), self.status,
+                              W.Box([self.graph, self.summary], layout=W.Layout(display="flex",
+                                                                                flex_flow="row wrap"))])
         self.widget.add_class("nexus-query-editor")
         self._render_rows()
         self.preview()
 
+    def _fresh(self, base: str) -> str:
+        names = {s["name"] for s in getattr(self, "stages", ())}
+        return next(n for n in (base, *(f"{base}-{i}" for i in range(2, len(names) + 3))) if n not in names)
+
     # edits (called by the row widgets and by tests)
     def add_stage(self, name: str | None = None, model: str | None = None, parent: str | None = None,
                   gamma: float = 1.0) -> QueryPreview:
-        names = {s["name"] for s in self.stages}
-        name = name or next(f"stage{i}" for i in range(1, len(names) + 2) if f"stage{i}" not in names)
+        """A new stage (default: named after its model, under the last stage); rename it in its row."""
+        model = model or (self.models[0] if self.models else "")
         parent = parent if parent is not None else (self.stages[-1]["name"] if self.stages else None)
-        self.stages.append({"name": name, "model": model or (self.models[0] if self.models else ""),
-                            "parent": parent, "gamma": gamma})
+        self.stages.append({"name": name or self._fresh(model), "model": model, "parent": parent, "gamma": gamma})
         self._render_rows()
         return self.preview()
 
     def remove_stage(self, name: str) -> QueryPreview:
         """Remove a stage; its children hang from its parent."""
-        gone = next((s for s in self.stages if s["name"] == name), None)
-        if gone is None:
-            raise WorkloadError(f"remove_stage.name: unknown stage {name!r}")
+        gone = self._stage(name, "remove_stage")
         self.stages = [s for s in self.stages if s is not gone]
         for s in self.stages:
             if s["parent"] == name:
@@ -84,15 +88,37 @@ class QueryEditor:
         self._render_rows()
         return self.preview()
 
+    def rename_stage(self, old: str, new: str) -> QueryPreview | None:
+        """Rename a stage (its children follow); an empty or taken name is refused with a message."""
+        st = self._stage(old, "rename_stage")
+        new = new.strip()
+        if new == old:
+            return self.last_preview
+        if not new or any(s["name"] == new for s in self.stages):
+            self.status.value = msg(f"A stage needs a name of its own: {new!r} is empty or already taken." if new
+                                    else "A stage needs a name: the name box is empty.", False)
+            self._render_rows()
+            return None
+        st["name"] = new
+        for s in self.stages:
+            if s["parent"] == old:
+                s["parent"] = new
+        self._render_rows()
+        return self.preview()
+
     def set_stage(self, name: str, **fields: Any) -> QueryPreview:
-        st = next((s for s in self.stages if s["name"] == name), None)
-        if st is None:
-            raise WorkloadError(f"set_stage.name: unknown stage {name!r}")
+        st = self._stage(name, "set_stage")
         bad = set(fields) - {"model", "parent", "gamma"}
         if bad:
             raise ValueError(f"set_stage: fields must be model, parent or gamma, got {sorted(bad)}")
         st.update(fields)
         return self.preview()
+
+    def _stage(self, name: str, where: str) -> dict[str, Any]:
+        st = next((s for s in self.stages if s["name"] == name), None)
+        if st is None:
+            raise WorkloadError(f"{where}.name: unknown stage {name!r}")
+        return st
 
     def _spec(self) -> list[dict[str, Any]]:
         out = []
@@ -107,61 +133,71 @@ class QueryEditor:
         rows = []
         names = [s["name"] for s in self.stages]
         for s in self.stages:
+            label = W.Text(value=s["name"], description="stage", continuous_update=False,
+                           layout=W.Layout(width="200px"))
+            label.add_class(f"nexus-stage-{css(s['name'])}")
             model = W.Dropdown(options=self.models, value=s["model"] if s["model"] in self.models else None,
-                               description=s["name"], layout=W.Layout(width="260px"))
-            parent = W.Dropdown(options=[("(root)", "")] + [(n, n) for n in names if n != s["name"]],
+                               description="model", layout=W.Layout(width="220px"))
+            parent = W.Dropdown(options=[("(none: the root)", "")] + [(n, n) for n in names if n != s["name"]],
                                 value=s["parent"] if s["parent"] in names else "", description="parent",
-                                layout=W.Layout(width="220px"))
-            gamma = W.FloatText(value=s["gamma"], description="gamma", layout=W.Layout(width="160px"))
+                                layout=W.Layout(width="240px"))
+            gamma = W.FloatText(value=s["gamma"], description="fan-out", layout=W.Layout(width="160px"))
             rm = W.Button(description="remove", layout=W.Layout(width="80px"))
+            label.observe(lambda ch, n=s["name"]: self.rename_stage(n, ch["new"]), names="value")
             model.observe(lambda ch, n=s["name"]: self.set_stage(n, model=ch["new"]), names="value")
             parent.observe(lambda ch, n=s["name"]: self.set_stage(n, parent=ch["new"] or None), names="value")
             gamma.observe(lambda ch, n=s["name"]: self.set_stage(n, gamma=ch["new"]), names="value")
             rm.on_click(lambda _b, n=s["name"]: self.remove_stage(n))
-            rows.append(W.HBox([model, parent, gamma, rm]))
+            rows.append(W.HBox([label, model, parent, gamma, rm], layout=W.Layout(flex_flow="row wrap")))
         self.rows.children = rows
+
+    def changed(self) -> bool:
+        """Whether the editor differs from the query as the controller runs it (Apply does nothing otherwise)."""
+        q = next((x for x in self.ctl.workload.queries if x.name == self.name.value), None)
+        if q is None:
+            return True
+        spec = [{"name": st.name, "model": st.model, "gamma": st.gamma,
+                 **({"parent": st.parents[0]} if st.parents else {})} for st in q.stages]
+        return (self.slo.value, self.rate.value, spec) != (q.slo_ms, q.rate, self._spec())
 
     def preview(self) -> QueryPreview:
         pv = preview_query(self.ctl.workload, self.name.value, self.slo.value, self._spec(), self.rate.value,
                            profile_set=self.ctl.editor.profile_set)
         self.last_preview = pv
         self._draw(pv)
-        if pv.ok:
-            self.summary.value = (
-                "<table><tr><th>stage</th><th>DP budget</th><th>even</th></tr>" + "".join(
-                    f"<tr><td>{html.escape(n)}</td><td>{pv.budgets[n]:.1f} ms</td><td>{pv.even_budgets[n]:.1f} ms"
-                    f"</td></tr>" for n in pv.budgets) +
-                f"</table><p>GPU cost: <b>{pv.gpu_cost:.2f}</b> (DP split) vs "
-                f"{pv.even_gpu_cost if pv.even_gpu_cost is not None else float('inf'):.2f} (even split)</p>")
+        self.apply_button.disabled = True
+        if not pv.ok:
+            self.summary.value = ""
+            self.status.value = msg(plain(pv.error), False)
+            return pv
+        even = (f"{pv.even_gpu_cost:.2f} GPUs with an even split" if pv.even_gpu_cost is not None else
+                "an even split cannot serve it at this SLO (some stage would get less time than it needs)")
+        self.summary.value = (
+            "<table><tr><th>stage</th><th>budget (DP split)</th><th>budget (even split)</th></tr>" + "".join(
+                f"<tr><td>{html.escape(n)}</td><td>{pv.budgets[n]:.1f} ms</td><td>{pv.even_budgets[n]:.1f} ms"
+                f"</td></tr>" for n in pv.budgets) +
+            f"</table><p>Cost: <b>{pv.gpu_cost:.2f} GPUs</b> with the planner's split; {html.escape(even)}.</p>")
+        if self.ctl.closed:
+            self.status.value = msg("This controller is closed: start a new one to deploy queries.", False)
+        elif not self.changed():
+            self.status.value = msg("This is the query that runs now: change it to deploy.", None)
+        else:
             self.status.value = ""
             self.apply_button.disabled = False
-        else:
-            self.summary.value = ""
-            self.status.value = msg(f"refused: {pv.error}", False)
-            self.apply_button.disabled = True
         return pv
 
     def _draw(self, pv: QueryPreview) -> None:
         pos = dag_layout(self._spec())
-        ex, ey = [], []
-        for s in self.stages:
-            if s["parent"] in pos and s["name"] in pos:
-                (x0, y0), (x1, y1) = pos[s["parent"]], pos[s["name"]]
-                ex += [x0, x1, None]
-                ey += [y0, y1, None]
-        names = [n for n in pos]
-        labels = [f"{n}<br>{next(s['model'] for s in self.stages if s['name'] == n)}"
-                  + (f"<br>{pv.budgets[n]:.0f} ms" if n in pv.budgets else "") for n in names]
+        model = {s["name"]: s["model"] for s in self.stages}
+        labels = {n: f"<b>{n}</b><br>{model.get(n, '')}" + (f"<br>{pv.budgets[n]:.0f} ms" if n in pv.budgets else "")
+                  for n in pos}
+        edges = [(s["parent"], s["name"]) for s in self.stages if s["parent"]]
         with self.graph.batch_update():
-            self.graph.data = []
-            self.graph.add_scatter(x=ex, y=ey, mode="lines", line={"color": "#999", "width": 2}, hoverinfo="skip")
-            self.graph.add_scatter(x=[pos[n][0] for n in names], y=[pos[n][1] for n in names], mode="markers+text",
-                                   text=labels, textposition="bottom center",
-                                   marker={"size": 26, "color": "#1f77b4"}, hoverinfo="text")
+            figures.dag_update(self.graph, pos, edges, labels)
 
     def apply(self) -> Plan | None:
         pv = self.preview()
-        if not pv.ok:
+        if self.apply_button.disabled:
             return None
         name = self.name.value
         try:
@@ -170,10 +206,11 @@ class QueryEditor:
             self.ctl.add_query(name, self.slo.value, self._spec(), rate=self.rate.value)
             plan = self.ctl.apply()
         except Exception as exc:  # shown inline; the preview already passed the same checks
-            self.status.value = msg(f"apply failed: {exc}", False)
+            self.status.value = msg(f"Apply failed: {plain(exc)}", False)
             return None
-        self.status.value = msg(f"deployed {name}: plan v{self.ctl.version} on "
-                                 f"{plan.num_gpus} GPUs", True)
+        self.apply_button.disabled = True
+        self.status.value = msg(f"Deployed {name}: plan v{self.ctl.version} runs on {plan.num_gpus} GPUs, "
+                                f"{pv.gpu_cost:.2f} of them for this query.", True)
         return plan
 
 

@@ -115,7 +115,10 @@ class SimController:
         return self.apply_plan(self.plan())
 
     def apply_plan(self, plan: Plan) -> Plan:
-        """Run ``plan`` as given (a manual placement); the caller has validated it."""
+        """Run ``plan`` as given (a manual placement); the caller has validated it. A closed simulator runs
+        nothing (editors must not report a deployment that did not happen)."""
+        if self._closed:
+            raise RuntimeError("SimController: closed; create a new one to run plans")
         self._plan = plan
         self._version += 1
         self._planned_at = time.time()

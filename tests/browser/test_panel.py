@@ -108,9 +108,9 @@ def test_panel_lists_controller_moves_replans_and_sees_close(lab):
             expect(panel.locator(".jp-NexusPanel-message")).to_contain_text("No controller is running")
 
             _run_cell(page, 0)
-            # the controller registers as "nexus <scheduler address>" from its kernel
+            # the controller registers as "nexus <scheduler address>" from its kernel (tls:// once clusters are secure)
             (live,) = _controllers(lab)
-            assert re.fullmatch(r"nexus tcp://127\.0\.0\.1:\d+", live["name"]), live
+            assert re.fullmatch(r"nexus (tcp|tls)://127\.0\.0\.1:\d+", live["name"]), live
             options = panel.locator(".jp-NexusPanel-select option")
             expect(options).to_have_count(1, timeout=15_000)
             expect(options.first).to_have_text(f"{live['name']} (pid {live['pid']})")

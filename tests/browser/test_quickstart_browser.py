@@ -1,7 +1,8 @@
 """01-quickstart in a real browser: JupyterLab started here, Debian's Chromium driven by Playwright.
 
-Runs the notebook, checks the dashboard's plotly figures render and move, edits an SLO in the editor, presses
-Apply and checks the placement view changes. Screenshots go to artifacts/screenshots/quickstart/.
+Runs the notebook, checks the dashboard's plotly figures render and move without a single console warning or error,
+edits an SLO in the editor, presses Apply and checks the placement view changes. Screenshots go to
+artifacts/screenshots/quickstart/.
 """
 
 from __future__ import annotations
@@ -96,7 +97,8 @@ def _has_data(figs: list) -> bool:
     if len(figs) != 6:
         return False
     heat, place = json.loads(figs[0]), json.loads(figs[1])
-    return bool(heat and heat[0].get("z") and len(place) == 2 and place[1].get("x"))
+    # the placement: the GPUs' frames, then one trace per session
+    return bool(heat and heat[0].get("z") and len(place) >= 2 and place[1].get("x"))
 
 
 def _wait_for(cond, timeout_s: float, what: str) -> None:
@@ -128,6 +130,9 @@ def test_quickstart_dashboard_and_slo_editor(lab):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1600, "height": 1000})
+        console: list[tuple[float, str, str]] = []
+        page.on("console", lambda m: console.append((time.monotonic(), m.type, m.text))
+                if m.type in ("warning", "error") else None)
         try:
             page.goto(f"{url}/lab/tree/01-quickstart.ipynb?token={TOKEN}")
             # The toolbar can say idle before the kernel is connected; the status bar's "| Idle" is reliable.
@@ -152,9 +157,19 @@ def test_quickstart_dashboard_and_slo_editor(lab):
             assert to_live < 120, to_live
             first = _figures(page)
             _shot(page, "02-dashboard")
-            time.sleep(4)
+            t_live = time.monotonic()
+            time.sleep(6)
             second = _figures(page)
-            assert len(first) == 6 and first != second, "the dashboard's figures did not change in 4 s"
+            assert len(first) == 6 and first != second, "the dashboard's figures did not change in 6 s"
+            # Every array reached plotly.js as an array: a live dashboard logs nothing (it once logged "Invalid
+            # color specifier" 25 times a second).
+            live = [(kind, text) for t, kind, text in console if t >= t_live]
+            (SHOTS / "console.json").write_text(json.dumps([c[1:] for c in console], indent=1))
+            assert live == [], live[:10]
+            arrays = page.evaluate("""() => Array.from(document.querySelectorAll('.nexus-dashboard .js-plotly-plot'))
+                .every(gd => (gd.data || []).every(t => ['x', 'y', 'base'].every(k => t[k] === undefined
+                    || Array.isArray(t[k]) || ArrayBuffer.isView(t[k]))))""")
+            assert arrays, "a dashboard trace holds an object where plotly.js expects an array"
 
             before = _placement(page)
             editor = page.locator(".nexus-slo-editor")
@@ -181,6 +196,16 @@ def test_quickstart_dashboard_and_slo_editor(lab):
                 page.locator(cls).scroll_into_view_if_needed()
                 time.sleep(1)
                 _shot(page, name)
+            # A narrow notebook (1000 px window): the views wrap; none needs a horizontal scrollbar.
+            page.set_viewport_size({"width": 1000, "height": 1000})
+            time.sleep(2)
+            page.locator(".nexus-dashboard").scroll_into_view_if_needed()
+            _shot(page, "07-narrow")
+            wide = page.evaluate("""() => Array.from(document.querySelectorAll(
+                    '.nexus-dashboard, .nexus-slo-editor, .nexus-query-editor, .nexus-placement-editor'))
+                .map(el => el.closest('.jp-OutputArea-output') || el)
+                .filter(el => el.scrollWidth > el.clientWidth + 1).map(el => [el.scrollWidth, el.clientWidth])""")
+            assert wide == [], f"outputs wider than the notebook at 1000 px: {wide}"
         finally:
             browser.close()
             # Shutting the kernel down stops the cluster: no worker process of it may outlive the kernel.
