@@ -126,3 +126,18 @@ def test_editor_previews_refuse_with_the_same_message():
     assert preview_edits(wl, {"cam": {"rate": 400}}).ok
     q = preview_query(wl, "q", 400, [{"name": "d", "model": "vgg16"}], rate=1e12, profile_set="titan-x-pascal")
     assert q.error.startswith("queries['q'].rate: needs ~")
+
+
+def test_baseline_policies_refuse_workloads_too_large_for_their_quadratic_packing():
+    import time
+
+    from nexus_lab.bench.sim import mixed_workload
+    from nexus_lab.planner import plan_workload
+    from nexus_lab.planner.bounds import BASELINE_MAX
+
+    wl = mixed_workload(BASELINE_MAX * 2, seed=1)  # some SLOs no plan serves are left out
+    assert len(wl.sessions) > BASELINE_MAX
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match=r"policy: 'batch-oblivious' plans at most 20000 sessions"):
+        plan_workload(wl, "batch-oblivious")
+    assert time.perf_counter() - t0 < 1.0  # refused before any packing

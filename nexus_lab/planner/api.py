@@ -17,6 +17,7 @@ from ..workload import Workload, stage_session
 from . import prefix as prefix_mod
 from . import query as query_mod
 from .bounds import DEFAULT_MAX_GPUS, GpuLimitError, check_bound, check_max_gpus, format_gpus, gpus_needed
+from .bounds import check_baseline_size as check_size
 from .plan import GpuPlan, Plan, PlannedSession, QueryPlan, StageBudget, Unserved
 from .squishy import Demand, lower_bound, renumber, squishy_pack
 from .validate import PlanInvalid, plan_violations
@@ -163,6 +164,7 @@ def plan_workload(workload: Workload, policy: str = "nexus", gpus: int | None = 
     table = policies()
     if not isinstance(policy, str) or policy not in table:
         raise ValueError(f"policy: must be one of {sorted(table)}, got {label(policy)}")
+    check_size(workload, policy, baseline=policy not in PREFIX_POLICIES)
     limit = check_max_gpus(max_gpus)
     if gpus is not None and check_max_gpus(gpus, "gpus") > limit:
         raise ValueError(f"gpus: must be <= max_gpus={limit}, got {label(gpus)}")

@@ -17,8 +17,8 @@ from ..fields import label
 from ..workload import Workload, WorkloadError
 from .squishy import per_request_ms
 
-__all__ = ["DEFAULT_MAX_GPUS", "GpuLimitError", "check_bound", "check_max_gpus", "format_gpus", "gpus_needed",
-           "per_request_ms"]
+__all__ = ["BASELINE_MAX", "DEFAULT_MAX_GPUS", "GpuLimitError", "check_baseline_size", "check_bound", "check_max_gpus",
+           "format_gpus", "gpus_needed", "per_request_ms"]
 
 #: ``plan_workload``'s default limit: generous for any real cluster, small enough to plan in seconds.
 DEFAULT_MAX_GPUS = 100_000
@@ -121,3 +121,15 @@ def check_bound(workload: Workload, max_gpus: int = DEFAULT_MAX_GPUS, what: str 
         alone = "" if top > limit else f" (the whole workload; this field alone ~{format_gpus(top)}, the most)"
         raise GpuLimitError(f"{field}: needs ~{format_gpus(need)} GPUs, more than {what}={limit}{alone}")
     return need if math.isfinite(need) else math.inf
+
+
+#: The baselines' packing is quadratic in sessions: past this many (about 4 s for batch-oblivious) they refuse.
+BASELINE_MAX = 20_000
+
+
+def check_baseline_size(workload: Workload, policy: str, baseline: bool) -> None:
+    """Refuse a baseline policy a workload too large for its quadratic packing to plan within seconds."""
+    size = len(workload.sessions) + sum(len(q.stages) for q in workload.queries)
+    if baseline and size > BASELINE_MAX:
+        raise ValueError(f"policy: {policy!r} plans at most {BASELINE_MAX} sessions and stages (its packing is "
+                         f"quadratic), the workload has {size}; use 'nexus'")
