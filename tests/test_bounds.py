@@ -56,14 +56,14 @@ def test_the_estimate_is_the_plans_lower_bound():
 
 
 def test_refusal_is_fast_and_small():
-    code = ("import json, resource, time; from nexus_lab.planner import plan_workload, GpuLimitError; "
-            "from nexus_lab.workload import load_workload; t = time.perf_counter(); "
-            f"wl = load_workload({HUGE!r})\n"
+    code = ("import json, time; from nexus_lab.planner import plan_workload, GpuLimitError; "
+            "from nexus_lab.workload import load_workload; from nexus_lab.bench.plan_scale import peak_rss_mb; "
+            f"t = time.perf_counter(); wl = load_workload({HUGE!r})\n"
             "try:\n    plan_workload(wl)\nexcept GpuLimitError as e:\n    msg = str(e)\n"
-            "print(json.dumps([time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, msg]))")
+            "print(json.dumps([time.perf_counter() - t, peak_rss_mb(), msg]))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
-    took, rss_kb, msg = json.loads(out.stdout)
-    assert took < 1.0 and rss_kb < 400 * 1024
+    took, rss_mb, msg = json.loads(out.stdout)
+    assert took < 1.0 and rss_mb < 400
     assert msg.startswith("sessions[0].rate: needs ~")
 
 

@@ -162,10 +162,16 @@ def test_cpu_device_runs_a_zoo_batch_and_calibrates() -> None:
     np.testing.assert_allclose(np.stack(dev.run_batch("tiny", x)), ref, rtol=1e-4, atol=1e-5)  # stacked input
     with pytest.raises(ValueError, match=r"shape must be \(n, 3, 32, 32\)"):
         dev.run_batch("tiny", [np.zeros((3, 64, 64), np.float32)])
+    dev.set_latency("tiny", 0.5, 1.0)  # a known curve instead of the calibration
+    assert (dev.batch_latency_ms("tiny", 1), dev.batch_latency_ms("tiny", 8)) == (1.5, 5.0)
+    with pytest.raises(ValueError, match="alpha_ms, beta_ms"):
+        dev.set_latency("tiny", -1.0, 1.0)
     dev.unload("tiny")
     assert dev.loaded() == {}
     with pytest.raises(KeyError, match="not loaded"):
         dev.run_batch("tiny", list(x))
+    with pytest.raises(KeyError, match="not loaded"):
+        dev.set_latency("tiny", 0.5, 1.0)
 
 
 _FAULTS = """

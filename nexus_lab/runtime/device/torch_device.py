@@ -153,6 +153,15 @@ class TorchDevice(Device):
         with self._lock:
             return float(sum(self._param_mb.values()))
 
+    def set_latency(self, model: str, alpha_ms: float, beta_ms: float) -> None:
+        """Use ``l(b) = alpha*b + beta`` (ms) for a loaded ``model`` instead of its calibration at load: a curve
+        profiled on a quiet host (``nexus-lab profile``), or a known one. The backend reads it at its next plan."""
+        if not (np.isfinite(alpha_ms) and np.isfinite(beta_ms) and alpha_ms >= 0 and alpha_ms + beta_ms > 0):
+            raise ValueError(f"alpha_ms, beta_ms: must be finite, alpha >= 0 and l(1) > 0; got {alpha_ms}, {beta_ms}")
+        self._spec(model)  # loaded, or UnknownModelError
+        with self._lock:
+            self._fit[model] = (float(alpha_ms), float(beta_ms))
+
     def batch_latency_ms(self, model: str, batch: int) -> float | None:
         with self._lock:
             fit = self._fit.get(model)
