@@ -2,6 +2,11 @@
 # jupyter:
 #   jupytext:
 #     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.7
 #   kernelspec:
 #     display_name: Python 3
 #     language: python
@@ -26,7 +31,10 @@ from concurrent.futures import ThreadPoolExecutor
 import nexus_lab
 from nexus_lab.widgets import dashboard, placement_editor, query_editor, slo_editor
 
-ctl = nexus_lab.start(gpus=4, device="simulated:titan-x-pascal", epoch_s=30)
+# net_ms: the time each request may spend outside the GPU (network, and here Python on a busy laptop CPU): every
+# SLO less this allowance is the GPU's budget. 60 ms keeps >= 99% of requests within their SLO on 2 cores with
+# JupyterLab, the browser and the dashboard sharing them.
+ctl = nexus_lab.start(gpus=4, device="simulated:titan-x-pascal", epoch_s=30, net_ms=60)
 
 # %% [markdown]
 # ## Deploy sessions and a query
@@ -36,10 +44,10 @@ ctl = nexus_lab.start(gpus=4, device="simulated:titan-x-pascal", epoch_s=30)
 # `apply()` decides which GPU runs what, at which batch size, and sends that plan to the workers.
 
 # %%
-ctl.add_session("vgg16", slo_ms=100, rate=120, name="classify")
-ctl.add_session("vgg_face", slo_ms=150, rate=80, name="faces")
-ctl.add_session("vgg_s", slo_ms=60, rate=100, name="scenes")
-ctl.add_query("traffic", slo_ms=400, rate=10, stages=[
+ctl.add_session("vgg16", slo_ms=150, rate=60, name="classify")
+ctl.add_session("vgg_face", slo_ms=200, rate=40, name="faces")
+ctl.add_session("vgg_s", slo_ms=150, rate=50, name="scenes")
+ctl.add_query("traffic", slo_ms=500, rate=5, stages=[
     {"name": "detect", "model": "yolo9000"},
     {"name": "car", "model": "vgg16", "parent": "detect", "gamma": 1.5},  # on average 1.5 cars per frame
 ])
@@ -51,7 +59,7 @@ ctl
 # %% [markdown]
 # ## Send traffic
 # Two background threads, so the cells below stay responsive: one sends random (Poisson) requests to the three
-# sessions, the other sends ten video frames a second through the `traffic` query.
+# sessions, the other sends five video frames a second through the `traffic` query.
 
 # %%
 from nexus_lab.runtime.loadgen import run_load
@@ -63,11 +71,11 @@ stop_load = threading.Event()
 def drive_sessions():
     seed = 0
     while not stop_load.is_set() and seed * 5 < LOAD_S:
-        run_load(ctl.frontend, {"classify": 120, "faces": 80, "scenes": 100}, 5.0, seed=seed)
+        run_load(ctl.frontend, {"classify": 60, "faces": 40, "scenes": 50}, 5.0, seed=seed)
         seed += 1
 
 
-def drive_query(frames_per_s=10):
+def drive_query(frames_per_s=5):
     end = time.monotonic() + LOAD_S
     with ThreadPoolExecutor(8, thread_name_prefix="quickstart-query") as pool:
         while not stop_load.is_set() and time.monotonic() < end:
@@ -93,12 +101,12 @@ dash
 
 # %% [markdown]
 # ## Change an SLO live
-# With code: tighten `classify` to 60 ms and apply. Or use the editor below: it shows how many GPUs the change
+# With code: tighten `classify` to 120 ms and apply. Or use the editor below: it shows how many GPUs the change
 # needs and which sessions move before you press Apply, and says why when a value cannot work.
 
 # %%
 time.sleep(3)
-ctl.set_slo("classify", 60)
+ctl.set_slo("classify", 120)
 plan = ctl.apply()
 print(f"plan v{ctl.version}: {plan.num_gpus} GPUs")
 
@@ -113,8 +121,10 @@ slo_editor(ctl)
 query_editor(ctl, "traffic")
 
 # %% [markdown]
-# The placement editor: move a session to another GPU or change its batch; every broken constraint is named as
-# you edit.
+# The placement editor: move a session to another GPU, or change a batch or a GPU's duty cycle; every broken
+# constraint is named as you edit. The plan keeps headroom for bursts (it is sized for up to twice every rate, so
+# its GPUs look full); the editor shows how busy each GPU is at the real rates and judges your edit at them, so a
+# move can use that headroom.
 
 # %%
 placement_editor(ctl)
@@ -133,5 +143,16 @@ def shutdown():
     ctl.close()
 
 
+# %% [markdown]
+# ## How well did it serve?
+# The share of requests (sessions and query stages together) answered within their SLO over the last minute, as the
+# goodput chart shows it. Run this cell again any time: on a laptop it stays at 99% or more.
+
+# %%
+if FAST:
+    for t in load:
+        t.join()  # the short run: let its traffic finish first
+served = ctl.stats(60.0)["totals"]
+print(f"Within SLO over the last minute: {served['slo_attainment']:.2%} of {served['requests']} requests")
 if FAST:
     shutdown()

@@ -165,3 +165,68 @@ async def test_idle_local_connection_does_not_stall_the_panel(jp_fetch, controll
         for _ in range(3):
             r = await jp_fetch("nexus", "api", "controllers", reg.id, "state")
             assert len(json.loads(r.body)["gpus"]) == 4
+
+
+async def test_busy_controller_is_a_502_proxy_error(jp_fetch, controller, monkeypatch):
+    monkeypatch.setattr(registry, "BUSY_WAIT_S", 0.3)
+    _, reg = controller
+    with reg.calls:  # another call (a re-plan on a frozen cluster) holds the controller
+        code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", reg.id, "state")
+    assert code == 502 and body["error"] == "controller-busy" and "busy" in body["message"]
+    assert (await jp_fetch("nexus", "api", "controllers", reg.id, "state")).code == 200
+
+
+def _write_reg(cid: str, name: str, pid: int, kernel_id: str | None) -> None:
+    d = registry.registry_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    (d / f"{cid}.json").write_text(json.dumps({"id": cid, "name": name, "pid": pid, "port": 9, "token": "t",
+                                               "kernel_id": kernel_id, "created": time.time()}))
+
+
+async def test_kernel_shut_down_through_the_api_reads_closed_a_crash_died(jp_fetch, jp_serverapp):
+    """Issue 13: a deliberate kernel shutdown was reported as 'the kernel has died'."""
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+    r = await jp_fetch("api", "kernels", method="POST", body=json.dumps({"name": "python3"}))
+    kid = json.loads(r.body)["id"]
+    try:
+        # both registrations seen alive, one in this server's kernel
+        _write_reg("00000000000000aa", "shut", os.getpid(), kid)
+        _write_reg("00000000000000bb", "crashed", os.getpid(), "not-a-kernel-of-this-server")
+        listed = json.loads((await jp_fetch("nexus", "api", "controllers")).body)["controllers"]
+        assert {c["name"]: (c["alive"], c["ended"]) for c in listed} == {"shut": (True, None),
+                                                                       "crashed": (True, None)}
+    finally:
+        await jp_fetch("api", "kernels", kid, method="DELETE")
+    # both processes end without closing: the kernel that was shut down reads closed, the other died
+    _write_reg("00000000000000aa", "shut", dead, kid)
+    _write_reg("00000000000000bb", "crashed", dead, "not-a-kernel-of-this-server")
+    code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", "00000000000000aa", "state")
+    assert code == 410 and body["error"] == "controller-closed" and body["ended"] == "closed"
+    code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", "00000000000000bb", "state")
+    assert code == 410 and body["error"] == "controller-gone" and body["ended"] == "died"
+    listed = json.loads((await jp_fetch("nexus", "api", "controllers")).body)["controllers"]
+    assert {c["name"]: (c["alive"], c["ended"]) for c in listed} == {"shut": (False, "closed"),
+                                                                   "crashed": (False, "died")}
+
+
+async def test_controller_closed_while_asked_is_404_not_502(jp_fetch, jp_serverapp, monkeypatch):
+    """Issue 13: a poll that met a kernel shutting down logged a 502 error; the controller was closed, as expected."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing answers there
+    d = registry.registry_dir()
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / "abcdef0123456780.json"
+    path.write_text(json.dumps({"id": "abcdef0123456780", "name": "closing", "pid": os.getpid(), "port": port,
+                                "token": "t", "created": time.time()}))
+    find = registry.find_registration
+
+    def closing(cid, runtime_dir=None):  # the file goes while the proxy asks, as a closing registration's does
+        found = find(cid, runtime_dir)
+        path.unlink(missing_ok=True)
+        return found
+
+    monkeypatch.setattr(registry, "find_registration", closing)
+    code, body = await _json_error(jp_fetch, "nexus", "api", "controllers", "abcdef0123456780", "state")
+    assert code == 404 and body["error"] == "unknown-controller" and "closed" in body["message"]

@@ -250,3 +250,134 @@ def test_panel_benchmark_measures_the_kernel_side():
     assert 0.0 < out["kernel_cpu_fraction"] < 1.0 and out["state_bytes"] > 10_000
     with pytest.raises(ValueError, match="rate_hz"):
         run(duration_s=1.0, rate_hz=0.0)
+
+
+class ClosableController(FakeController):
+    def __init__(self, close_s: float = 0.0) -> None:
+        super().__init__()
+        self.close_s, self.closed_at = close_s, None
+
+    def close(self) -> None:
+        time.sleep(self.close_s)
+        self.closed_at = time.monotonic()
+
+
+class FakeKernel:
+    def __init__(self) -> None:
+        self.shutdowns: list[bool] = []
+
+    def do_shutdown(self, restart: bool) -> dict:
+        self.shutdowns.append(restart)
+        return {"status": "ok", "restart": restart}
+
+
+def test_kernel_shutdown_closes_registrations_then_controllers(tmp_path):
+    """Issue 13: a deliberate kernel shutdown read as 'the kernel has died' (SIGTERM came before atexit)."""
+    from nexus_lab.lab import shutdown
+
+    kernel, ctl = FakeKernel(), ClosableController()
+    reg = registry.register(ctl, runtime_dir=tmp_path)
+    assert shutdown.install(kernel, lambda: list(registry._LIVE.values()))
+    assert not shutdown.install(kernel, lambda: [])  # once per kernel
+    assert kernel.do_shutdown(False) == {"status": "ok", "restart": False}
+    assert kernel.shutdowns == [False]
+    assert reg.closed and reg.close_reason == "kernel-shutdown" and not reg.path.exists()
+    assert ctl.closed_at is not None
+    assert registry.list_registrations(tmp_path) == [] and registry.list_gone(tmp_path) == []
+
+
+def test_kernel_shutdown_bounds_a_wedged_controller_close(tmp_path, capfd):
+    from nexus_lab.lab import shutdown
+
+    class Raising(ClosableController):
+        def close(self) -> None:
+            raise RuntimeError("cluster already gone")
+
+    wedged, raising = ClosableController(close_s=5.0), Raising()
+    regs = [registry.register(c, runtime_dir=tmp_path) for c in (raising, wedged)]
+    t0 = time.monotonic()
+    shutdown.close_all(lambda: regs, budget_s=0.5)
+    assert time.monotonic() - t0 < 2.5
+    assert all(r.closed and not r.path.exists() for r in regs)
+    assert capfd.readouterr() == ("", "")  # expected errors print nothing
+
+
+def test_state_answers_busy_while_another_call_holds_the_controller(tmp_path, monkeypatch):
+    import threading
+
+    monkeypatch.setattr(registry, "BUSY_WAIT_S", 0.3)
+    release = threading.Event()
+
+    class Slow(FakeController):
+        def replan_now(self) -> None:
+            release.wait(10)
+
+    with registry.register(Slow(), runtime_dir=tmp_path) as reg:
+        t = threading.Thread(target=_req, args=(reg, "/replan", "POST"))
+        t.start()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        code, body = _req(reg, "/state")
+        assert code == 503 and body["error"] == "controller-busy" and time.monotonic() - t0 < 2
+        release.set()
+        t.join(10)
+        assert _req(reg, "/state")[0] == 200
+
+
+def test_real_kernel_shutdown_removes_the_registration(tmp_path):
+    """A Jupyter kernel shut down through its manager (as the server's API does) closes its controller first."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(kernel_name="python3")
+    try:
+        code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+                "from test_lab_registry import ClosableController\n"
+                "import pathlib, threading, time\n"
+                "from nexus_lab.lab import registry\n"
+                "class Ctl(ClosableController):\n"
+                f"    def close(self): pathlib.Path({str(tmp_path / 'closed')!r}).write_text('yes')\n"
+                f"reg = registry.register(Ctl(), runtime_dir={str(tmp_path)!r})\n"
+                # a thread that holds the exit past the manager's SIGTERM, as a LocalCluster's teardown can: atexit
+                # never runs then, only the shutdown hook does
+                "threading.Thread(target=time.sleep, args=(30,)).start()\n"
+                "print(reg.path)")
+        out: list[str] = []
+        reply = kc.execute_interactive(code, timeout=60, output_hook=lambda m: out.append(
+            m["content"].get("text", "")) if m["msg_type"] == "stream" else None)
+        assert reply["content"]["status"] == "ok", reply["content"]
+        path = Path("".join(out).strip())
+        assert path.exists()
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=False)
+    assert not path.exists() and (tmp_path / "closed").read_text() == "yes"
+    assert registry.list_gone(tmp_path) == []
+
+
+def test_workers_leave_the_kernels_process_group():
+    """Jupyter interrupts a kernel with SIGINT to its process group: the cluster's workers must not be in it."""
+    from nexus_lab.lab import shutdown
+
+    code = ("import os, sys; from nexus_lab.lab.shutdown import _leave_group\n"
+            "pg = os.getpgrp(); other = _leave_group(pg + 1); moved = _leave_group(pg)\n"
+            "print(other, moved, os.getpgrp() == os.getpid())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.split() == ["False", "True", "True"]
+
+    class Client:
+        def __init__(self, fail: bool) -> None:
+            self.fail, self.calls = fail, []
+
+        def run(self, fn, *args):
+            if self.fail:
+                raise OSError("scheduler gone")
+            self.calls.append((fn, args))
+            return {"tls://w0": True}
+
+    ctl = FakeController()
+    ctl.client = Client(fail=False)
+    assert shutdown.detach_workers(ctl) == {"tls://w0": True}
+    assert ctl.client.calls == [(shutdown._leave_group, (os.getpgrp(),))]
+    ctl.client = Client(fail=True)
+    assert shutdown.detach_workers(ctl) == {}
+    assert shutdown.detach_workers(FakeController()) == {}  # no client: nothing to do

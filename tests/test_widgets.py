@@ -518,3 +518,82 @@ def test_closed_simulator_runs_nothing(ctl):
     ctl.close()
     with pytest.raises(RuntimeError, match="closed"):
         ctl.apply()
+
+
+def test_placement_editor_uses_headroom_duty_and_refuses_bad_batches():
+    """A plan with headroom (fill=2) fills every GPU at 2x the rates; moves are judged at the real rates, so some
+    fit; the duty cycle is editable; bars over 100% show as such; absurd batches are refused in words."""
+    c = SimController(gpus=4, fill=2.0)
+    try:
+        c.add_session("vgg16", 60, 120, name="classify")
+        c.add_session("vgg_face", 150, 80, name="faces")
+        c.add_session("vgg_s", 60, 100, name="scenes")
+        c.add_query("traffic", 400, [{"name": "detect", "model": "yolo9000"},
+                                     {"name": "car", "model": "vgg16", "parent": "detect", "gamma": 1.5}], rate=10)
+        plan = c.apply()
+        assert plan.rate_fraction > 1.0
+        ed = placement_editor(c).editor
+        assert "real rates" in ed.headroom.value and any("at real rates" in t for t in ed.view.data[0].text)
+        fits = []
+        for g in plan.gpus:
+            for a in g.allocations:
+                for h in plan.gpus:
+                    if h.id != g.id and not ed.move(a.session, g.id, h.id):
+                        fits.append((a.session, g.id, h.id))
+                    ed.reload()
+        assert fits, "no move fits although the plan keeps headroom"
+        s, src, dst = fits[0]
+        v0 = c.version
+        assert ed.move(s, src, dst) == [] and not ed.apply_button.disabled
+        assert ed.apply() is not None and c.version == v0 + 1 and "runs" in ed.status.value
+        g = c.current_plan.gpus[0]
+        assert ed.set_duty(g.id, 0.0) and "duty cycle" in ed.status.value and not ed.duty
+        viol = ed.set_duty(g.id, g.duty_cycle_ms * 0.2)
+        assert viol and "infeasible" in ed.feasible.value
+        assert max(ed.view.data[0].y) > 1.0 and ed.view.layout.yaxis.range[1] > max(ed.view.data[0].y)
+        ed.reload()
+        a = g.allocations[0]
+        assert ed.set_batch(g.id, a.session, 10_000) and "at most" in ed.status.value
+    finally:
+        c.close()
+
+
+def test_editors_refuse_values_beyond_sane_bounds(ctl):
+    """An SLO over a minute, or a rate the cluster cannot hold, is refused before planning, in plain words."""
+    ed = slo_editor(ctl).editor
+    v = ctl.version
+    pv = ed.set_value("classify", "slo_ms", 1e12)
+    assert not pv.ok and ed.apply_button.disabled
+    assert "The SLO must be at most 60000 ms (you entered 1e+12)" in ed.status.value
+    ed.reset()
+    pv = ed.set_value("classify", "rate", 1e9)
+    assert not pv.ok and "GPUs of this cluster" in ed.status.value and "lower rate" in ed.status.value
+    assert ed.apply() is None and ctl.version == v
+    q = query_editor(ctl, "traffic").editor
+    q.slo.value = 1e12
+    assert "at most 60000 ms" in q.status.value and q.apply_button.disabled
+    q.slo.value = 400.0
+    q.rate.value = 1e9
+    assert "GPUs of this cluster" in q.status.value and q.apply_button.disabled
+
+
+def test_deployed_gpu_ids_are_worker_indices():
+    """GPU i of a deployed plan is the i-th worker, as the dashboard names GPUs (Controller and SimController)."""
+    from nexus_lab.controller.placement import by_worker_index
+
+    c = SimController(gpus=3)
+    try:
+        c.add_session("vgg16", 100, 300, name="classify")
+        c.add_session("vgg_s", 60, 300, name="scenes")
+        plan = c.plan()
+        workers = ["tcp://a", "tcp://b", "tcp://c"]
+        where = {g.id: workers[-1 - k] for k, g in enumerate(plan.gpus)}  # the last worker runs plan GPU 0, ...
+        out, assign = by_worker_index(plan, where, workers)
+        assert [g.id for g in out.gpus] == sorted(assign) and all(workers[i] == w for i, w in assign.items())
+        for g in plan.gpus:
+            mine = next(x for x in out.gpus if workers[x.id] == where[g.id])
+            assert mine.allocations == g.allocations
+        same, _ = by_worker_index(plan, {g.id: workers[g.id] for g in plan.gpus}, workers)
+        assert same is plan
+    finally:
+        c.close()

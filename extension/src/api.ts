@@ -17,16 +17,30 @@ export class NexusApiError extends Error {
   }
 }
 
-export async function requestAPI(path: string, init: RequestInit = {}): Promise<unknown> {
+/**
+ * A JSON request to `/nexus/api/<path>`; with `timeoutMs`, a request that gets no answer in time fails (status
+ * null) instead of holding the panel's poll.
+ */
+export async function requestAPI(path: string, init: RequestInit = {}, timeoutMs?: number): Promise<unknown> {
   const settings = ServerConnection.makeSettings();
   const url = URLExt.join(settings.baseUrl, 'nexus', 'api', path);
+  const abort = timeoutMs === undefined ? null : new AbortController();
+  const timer = abort === null ? null : setTimeout(() => abort.abort(), timeoutMs);
   let response: Response;
+  let text: string;
   try {
-    response = await ServerConnection.makeRequest(url, init, settings);
+    response = await ServerConnection.makeRequest(url, abort ? { ...init, signal: abort.signal } : init, settings);
+    text = await response.text();
   } catch (error) {
+    if (abort?.signal.aborted) {
+      throw new NexusApiError(`no answer within ${(timeoutMs ?? 0) / 1000} s`, null);
+    }
     throw new NexusApiError(describeError(null, null, String(error)), null);
+  } finally {
+    if (timer !== null) {
+      clearTimeout(timer);
+    }
   }
-  const text = await response.text();
   let body: unknown = null;
   try {
     body = text ? JSON.parse(text) : null;

@@ -11,6 +11,8 @@ export interface IControllerInfo {
   kernelId: string | null;
   created: number;
   alive: boolean;
+  /** How a controller that is no longer alive ended: closed (its kernel shut down on purpose) or died (a crash). */
+  ended: 'closed' | 'died' | null;
 }
 
 export interface IGpuView {
@@ -19,6 +21,10 @@ export interface IGpuView {
   /** Busy fraction in [0, 1]; null when not measured yet. */
   utilization: number | null;
   sessions: string[];
+  /** When its utilization was last measured (ms since epoch, set by the panel); null: never. */
+  measuredAt: number | null;
+  /** Seconds since that measurement when the value shown is a last known one (stale); null when current. */
+  staleS: number | null;
 }
 
 export type SloStatus = 'ok' | 'warn' | 'bad' | 'unknown';
@@ -33,6 +39,8 @@ export interface ISessionView {
   /** p99 against the SLO: ok below 90% of it, warn up to it, bad above. */
   p99Status: SloStatus;
   drops: number;
+  measuredAt: number | null;
+  staleS: number | null;
 }
 
 export interface IStageView {
@@ -59,6 +67,10 @@ export interface IStateView {
   gpus: IGpuView[];
   sessions: ISessionView[];
   queries: IQueryView[];
+  /** Seconds since this snapshot was fetched when the controller no longer answers (stale); null when current. */
+  staleS: number | null;
+  /** Why it is stale: the failed request's message. */
+  staleReason: string | null;
 }
 
 /** A parse error names the field that is wrong, as the Python side does. */
@@ -142,7 +154,9 @@ export function parseState(raw: unknown): IStateView {
       label: str(first(g, 'gpu', 'id', 'name'), '–'),
       worker: str(g.worker),
       utilization: clamp01(num(g.utilization)),
-      sessions
+      sessions,
+      measuredAt: null,
+      staleS: null
     };
   });
   const sessions = list(raw, 'sessions', 'state').map((s, i): ISessionView => {
@@ -159,7 +173,9 @@ export function parseState(raw: unknown): IStateView {
       goodput: num(s.goodput),
       p99Ms,
       p99Status: sloStatus(p99Ms, sloMs),
-      drops: totalDrops(s.drops)
+      drops: totalDrops(s.drops),
+      measuredAt: null,
+      staleS: null
     };
   });
   const queries = list(raw, 'queries', 'state').map((q, i): IQueryView => {
@@ -186,7 +202,9 @@ export function parseState(raw: unknown): IStateView {
     dashboardLink: typeof link === 'string' && link ? link : null,
     gpus,
     sessions,
-    queries
+    queries,
+    staleS: null,
+    staleReason: null
   };
 }
 
@@ -201,7 +219,8 @@ export function parseControllers(raw: unknown): IControllerInfo[] {
     pid: num(c.pid) ?? -1,
     kernelId: typeof c.kernel_id === 'string' ? c.kernel_id : null,
     created: num(c.created) ?? 0,
-    alive: c.alive !== false
+    alive: c.alive !== false,
+    ended: c.alive !== false ? null : c.ended === 'closed' ? 'closed' : 'died'
   }));
 }
 
@@ -220,20 +239,31 @@ export function chooseSelection(controllers: IControllerInfo[], current: string 
   return alive.reduce((a, b) => (b.created > a.created ? b : a)).id;
 }
 
-/** What the panel says about a controller whose process died without closing. */
+/** What the panel says about a controller whose process ended: closed on purpose (its kernel was shut down), or
+ * died without closing (a crash, a kill). */
 export function goneMessage(c: IControllerInfo): string {
+  if (c.ended === 'closed') {
+    return `Controller closed: the kernel running ${c.name} (pid ${c.pid}) was shut down; start a new controller.`;
+  }
   return `Controller gone: the kernel running ${c.name} (pid ${c.pid}) has died; start a new controller.`;
 }
 
 /** The picker's label for a controller. */
 export function controllerLabel(c: IControllerInfo): string {
-  return `${c.name} (pid ${c.pid})${c.alive ? '' : ' – gone'}`;
+  return `${c.name} (pid ${c.pid})${c.alive ? '' : c.ended === 'closed' ? ' – closed' : ' – gone'}`;
+}
+
+/** Whether a failed state request leaves the last state worth showing as stale: no answer (null: unreachable or
+ * timed out), a proxy error (busy, unreachable) or a controller error; not a closed (404) or dead (410) one. */
+export function keepsStale(status: number | null): boolean {
+  return status === null || status >= 500;
 }
 
 /** What the panel says when a request fails: the server's JSON message when there is one. */
 export function describeError(status: number | null, body: unknown, fallback: string): string {
   if (isObject(body) && typeof body.message === 'string' && body.message) {
-    const what = status === 410 ? 'Controller gone' : status === 404 ? 'Controller closed' : 'Error';
+    const closed = body.ended === 'closed' || body.error === 'controller-closed';
+    const what = status === 410 && !closed ? 'Controller gone' : status === 404 || closed ? 'Controller closed' : 'Error';
     return `${what}: ${body.message}`;
   }
   if (status === null) {

@@ -10,6 +10,7 @@ import { Action, NexusApiError, postAction, requestAPI } from './api';
 import {
   chooseSelection,
   controllerLabel,
+  formatAge,
   formatMs,
   formatNum,
   formatP99,
@@ -17,12 +18,16 @@ import {
   goneMessage,
   IControllerInfo,
   IStateView,
+  keepsStale,
   parseControllers,
   parseState,
   summaryLines
 } from './model';
+import { carryLastKnown, markStale, staleMessage, staleTitle } from './stale';
 
 export const POLL_INTERVAL_MS = 1000;
+/** A state request unanswered this long fails, and the panel shows the last state as stale meanwhile. */
+export const STATE_TIMEOUT_MS = 2500;
 
 function el<K extends keyof HTMLElementTagNameMap>(
   tag: K,
@@ -58,6 +63,7 @@ export class NexusPanel extends Widget {
     this._select.addEventListener('change', () => {
       this._selected = this._select.value || null;
       this._state = null;
+      this._last = null;
       void this.refresh();
     });
     header.appendChild(this._select);
@@ -109,20 +115,35 @@ export class NexusPanel extends Widget {
       this._lastGone = previous;
     }
     const selected = this.selected;
+    if (this._last !== null && this._last.id !== this._selected) {
+      this._last = null;
+    }
     if (selected === null) {
       this._state = null;
       this._error = null;
     } else if (!selected.alive) {
       this._state = null;
+      this._last = null;
       this._error = goneMessage(selected);
     } else {
+      const id = selected.id;
       try {
-        this._state = parseState(await requestAPI(`controllers/${this._selected}/state`));
+        const raw = await requestAPI(`controllers/${id}/state`, {}, STATE_TIMEOUT_MS);
+        const now = Date.now();
+        this._state = carryLastKnown(this._last?.view ?? null, parseState(raw), now);
+        this._last = { id, view: this._state, at: now };
         this._error = null;
         this._lastGone = null;
       } catch (error) {
-        this._state = null;
-        this._setError(error);
+        if (error instanceof NexusApiError && keepsStale(error.status) && this._last !== null) {
+          // no answer, or a busy or failing controller: its last known state, marked stale with its age
+          this._state = markStale(this._last.view, this._last.at, Date.now(), error.message);
+          this._error = null;
+        } else {
+          this._state = null;
+          this._last = null;
+          this._setError(error);
+        }
       }
     }
     this._render();
@@ -201,7 +222,7 @@ export class NexusPanel extends Widget {
     }
     this._select.value = this._selected ?? '';
     this._select.disabled = this._controllers.length === 0;
-    const hasState = this._state !== null;
+    const hasState = this._state !== null && this._state.staleS === null; // no actions on a controller not answering
     this._dashboardButton.disabled = !this.selected?.alive || this.selected.kernelId === null;
     this._replanButton.disabled = !hasState;
     this._pauseButton.disabled = !hasState;
@@ -209,8 +230,11 @@ export class NexusPanel extends Widget {
     this._pauseButton.dataset.action = this._state?.paused ? 'resume' : 'pause';
 
     let message = '';
+    const stale = this._state === null ? null : staleMessage(this._state);
     if (this._error !== null) {
       message = this._error;
+    } else if (stale !== null) {
+      message = stale;
     } else if (this._selected === null) {
       message =
         this._lastGone !== null
@@ -221,6 +245,8 @@ export class NexusPanel extends Widget {
     }
     this._message.textContent = message;
     this._message.classList.toggle('jp-mod-error', this._error !== null);
+    this._message.classList.toggle('jp-mod-stale', this._error === null && stale !== null);
+    this._body.classList.toggle('jp-mod-stale', this._state?.staleS !== null && this._state?.staleS !== undefined);
     this._message.hidden = message === '';
     this._body.replaceChildren(...(this._state ? renderState(this._state) : []));
   }
@@ -238,6 +264,8 @@ export class NexusPanel extends Widget {
   private _state: IStateView | null = null;
   private _error: string | null = null;
   private _lastGone: string | null = null;
+  /** The selected controller's last answered state and when it came (ms), shown as stale while it does not answer. */
+  private _last: { id: string; view: IStateView; at: number } | null = null;
   private _renderedIds = '';
 }
 
@@ -289,6 +317,11 @@ export function renderState(v: IStateView): HTMLElement[] {
   for (const g of v.gpus) {
     const row = bars.appendChild(el('div', 'jp-NexusPanel-bar'));
     row.title = `${g.worker}${g.sessions.length ? `: ${g.sessions.join(', ')}` : ''}`;
+    if (g.staleS !== null) {
+      row.classList.add('jp-mod-stale');
+      row.dataset.staleS = String(Math.floor(g.staleS));
+      row.title += ` (${staleTitle(g.staleS)})`;
+    }
     row.appendChild(el('span', 'jp-NexusPanel-barLabel', `GPU ${g.label}`));
     const track = row.appendChild(el('span', 'jp-NexusPanel-barTrack'));
     const fill = track.appendChild(el('span', 'jp-NexusPanel-barFill'));
@@ -297,7 +330,7 @@ export function renderState(v: IStateView): HTMLElement[] {
     track.setAttribute('aria-valuemin', '0');
     track.setAttribute('aria-valuemax', '1');
     track.setAttribute('aria-valuenow', String(g.utilization ?? 0));
-    row.appendChild(el('span', 'jp-NexusPanel-barValue', formatPct(g.utilization)));
+    row.appendChild(el('span', 'jp-NexusPanel-barValue', formatPct(g.utilization) + (g.staleS === null ? '' : '*')));
   }
 
   const [sessions] = section(`Sessions (${v.sessions.length})`);
@@ -311,6 +344,12 @@ export function renderState(v: IStateView): HTMLElement[] {
         who.appendChild(el('div', 'jp-NexusPanel-sessionModel', s.model));
         const p99 = el('span', `jp-NexusPanel-p99 jp-mod-${s.p99Status}`, formatP99(s.p99Ms, s.sloMs));
         p99.title = `p99 ${formatMs(s.p99Ms)} against an SLO of ${formatMs(s.sloMs)}`;
+        if (s.staleS !== null) {
+          who.classList.add('jp-mod-stale');
+          who.dataset.staleS = String(Math.floor(s.staleS));
+          who.title = staleTitle(s.staleS);
+          who.appendChild(el('div', 'jp-NexusPanel-staleAge', `stale ${formatAge(s.staleS)}`));
+        }
         return [who, formatNum(s.offeredRate), formatNum(s.goodput), p99, String(s.drops)];
       }),
       'jp-NexusPanel-sessions'

@@ -19,7 +19,7 @@ from ..planner.api import session_profiles
 from ..workload import Workload, WorkloadError
 from .checks import check_declared
 from .edits import WorkloadEditor, planned_rates
-from .placement import assign_gpus, gpu_key, routes_of, transition, worker_gpus
+from .placement import assign_gpus, by_worker_index, gpu_key, routes_of, transition, worker_gpus
 from .rpc import Adopted, ClusterIO
 
 logger = logging.getLogger("nexus_lab.controller")
@@ -195,7 +195,9 @@ class Deployment:
         with self.lock:
             pins = dict(self.pins)
             old = {w: self.current.get(w) for w in workers}
-        new = worker_gpus(plan, assign_gpus(plan, workers, old, pins), workers)
+        # GPU i of the deployed plan is the i-th worker, as the dashboard names them (and SimController numbers)
+        plan, where = by_worker_index(plan, assign_gpus(plan, workers, old, pins), workers)
+        new = worker_gpus(plan, where, workers)
         tr = transition(old, new)
         sessions = session_table(plan, wl)
         version = self.version + 1

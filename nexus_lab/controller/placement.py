@@ -6,7 +6,7 @@ Pure and deterministic: plans and worker addresses in, assignments and routing t
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ..planner.plan import GpuPlan, Plan
@@ -85,6 +85,17 @@ def assign_gpus(plan: Plan, workers: Sequence[str], current: Mapping[str, Mappin
         if g.id not in out:
             out[g.id] = free.pop(0)
     return out
+
+
+def by_worker_index(plan: Plan, assignment: Mapping[int, str], workers: Sequence[str]) -> tuple[Plan, dict[int, str]]:
+    """``plan`` with each GPU's id the index of the worker running it in ``workers`` (GPU i is the i-th worker, as
+    the dashboard names them), GPUs in that order, and the assignment under the new ids."""
+    index = {w: i for i, w in enumerate(workers)}
+    gpus = sorted((replace(g, id=index[assignment[g.id]]) for g in plan.gpus), key=lambda g: g.id)
+    where = {g.id: workers[g.id] for g in gpus}
+    if all(index[assignment[g.id]] == g.id for g in plan.gpus) and [g.id for g in plan.gpus] == list(where):
+        return plan, where  # numbered so already: the plan itself
+    return replace(plan, gpus=tuple(gpus)), where
 
 
 def worker_gpus(plan: Plan, assignment: Mapping[int, str], workers: Sequence[str]) -> dict[str, dict | None]:

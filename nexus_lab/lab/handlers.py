@@ -22,10 +22,12 @@ REQUEST_TIMEOUT_S = 3.0
 _ID = r"(?P<controller_id>[0-9a-f]{8,64})"
 
 
-def public_record(reg: dict[str, Any]) -> dict[str, Any]:
-    """What the browser may see of a registration: never the port or the token."""
+def public_record(reg: dict[str, Any], shut_down: bool = False) -> dict[str, Any]:
+    """What the browser may see of a registration: never the port or the token. ``ended``: None while alive, else
+    ``closed`` (its kernel was shut down through this server: deliberate) or ``died`` (a crash, a kill)."""
     out = {k: reg.get(k) for k in registry.PUBLIC_KEYS}
     out["alive"] = registry.pid_alive(int(reg.get("pid", -1)))
+    out["ended"] = None if out["alive"] else "closed" if shut_down else "died"
     return out
 
 
@@ -33,6 +35,24 @@ class _NexusHandler(APIHandler):
     @property
     def runtime_dir(self) -> str | None:
         return self.settings.get("nexus_lab_runtime_dir")
+
+    @property
+    def _seen_kernels(self) -> set[str]:
+        """Kernel ids of registrations this server saw alive while its own kernel manager ran them."""
+        return self.settings.setdefault("nexus_lab_seen_kernels", set())
+
+    def _kernel_ids(self) -> set[str]:
+        try:
+            return set(self.kernel_manager.list_kernel_ids())
+        except Exception:
+            return set()
+
+    def _shut_down(self, reg: dict[str, Any], kernels: set[str] | None = None) -> bool:
+        """Whether a dead registration's kernel was this server's and is no longer running under it: shut down
+        through the Jupyter API (a crashed kernel stays listed, restarting or dead)."""
+        kid = reg.get("kernel_id")
+        kernels = self._kernel_ids() if kernels is None else kernels
+        return isinstance(kid, str) and kid in self._seen_kernels and kid not in kernels
 
     def _error(self, status: int, error: str, message: str, **extra: Any) -> None:
         self.set_status(status)
@@ -47,27 +67,36 @@ class _NexusHandler(APIHandler):
         if not registry.pid_alive(int(reg.get("pid", -1))):
             # a stale file: its process died without closing
             registry.mark_gone(registry.registry_dir(self.runtime_dir) / f"{controller_id}.json")
+            if self._shut_down(reg):
+                return self._error(410, "controller-closed", f"controller {reg.get('name')!r} was closed: its "
+                                   "kernel was shut down", id=controller_id, ended="closed")
             return self._error(410, "controller-gone", f"the process of controller {reg.get('name')!r} "
-                               f"(pid {reg.get('pid')}) has exited; its kernel is dead", id=controller_id)
+                               f"(pid {reg.get('pid')}) has exited; its kernel is dead", id=controller_id,
+                               ended="died")
         req = HTTPRequest(f"http://127.0.0.1:{int(reg['port'])}{path}", method=method,
                           headers={"Authorization": f"Bearer {reg['token']}"},
                           body=b"" if method == "POST" else None,
                           connect_timeout=CONNECT_TIMEOUT_S, request_timeout=REQUEST_TIMEOUT_S)
         try:
             resp = await AsyncHTTPClient().fetch(req, raise_error=False)
+            failure = None if resp.code != 599 and resp.body is not None else str(resp.error)
         except Exception as exc:
+            failure = f"{type(exc).__name__}: {exc}"
+        if failure is not None:
+            if registry.find_registration(controller_id, self.runtime_dir) is None:
+                # closed while we asked (its kernel shutting down): expected, so a 404 as for any closed controller
+                return self._error(404, "unknown-controller", f"controller {reg.get('name')!r} was closed",
+                                   id=controller_id)
             return self._error(502, "controller-unreachable", f"controller {reg.get('name')!r} did not answer: "
-                               f"{type(exc).__name__}: {exc}", id=controller_id)
-        if resp.code == 599 or resp.body is None:
-            return self._error(502, "controller-unreachable", f"controller {reg.get('name')!r} did not answer: "
-                               f"{resp.error}", id=controller_id)
+                               f"{failure}", id=controller_id)
         try:
             body = json.loads(resp.body)
         except ValueError:
             return self._error(502, "bad-response", f"controller {reg.get('name')!r} answered non-JSON",
                                id=controller_id)
         if resp.code != 200:
-            status = 502 if resp.code in (403, 404) else resp.code  # our own token or route went wrong: a proxy error
+            # our own token or route went wrong, or the controller is busy: a proxy error (logged without headers)
+            status = 502 if resp.code in (403, 404, 503) else resp.code
             return self._error(status, body.get("error", "controller-error"), body.get("message", str(resp.code)),
                                id=controller_id)
         self.set_header("Cache-Control", "no-store")
@@ -75,14 +104,18 @@ class _NexusHandler(APIHandler):
 
 
 class ControllersHandler(_NexusHandler):
-    """GET /nexus/api/controllers: every live controller on this machine, then those whose process died in the last
-    minutes (``alive: false``), each group oldest first.
+    """GET /nexus/api/controllers: every live controller on this machine, then those whose process ended in the last
+    minutes (``alive: false``, ``ended``: ``closed`` or ``died``), each group oldest first.
     """
 
     @tornado.web.authenticated
     def get(self) -> None:
-        regs = registry.list_registrations(self.runtime_dir, clean=True) + registry.list_gone(self.runtime_dir)
-        self.finish(json.dumps({"controllers": [public_record(r) for r in regs]}))
+        kernels = self._kernel_ids()
+        live = registry.list_registrations(self.runtime_dir, clean=True)
+        self._seen_kernels.update(r["kernel_id"] for r in live if r.get("kernel_id") in kernels)
+        gone = registry.list_gone(self.runtime_dir)
+        self.finish(json.dumps({"controllers": [public_record(r) for r in live] +
+                                               [public_record(r, self._shut_down(r, kernels)) for r in gone]}))
 
 
 class StateHandler(_NexusHandler):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..controller.protocol import PanelControl, missing_members
+from . import shutdown
 
 #: The panel's actions; each calls one method of ``PanelControl``.
 ACTIONS = ("replan", "pause", "resume")
@@ -36,6 +37,9 @@ PUBLIC_KEYS = ("id", "name", "pid", "kernel_id", "created", "host")
 SOCKET_TIMEOUT_S = 5.0
 #: The largest request body read (bytes); the panel's actions send none.
 MAX_BODY = 65536
+#: Seconds a state request waits for the controller's other call (a re-plan on a frozen cluster can take its RPC
+#: timeout) before it is answered 503 ``controller-busy``: the panel then shows its last state as stale.
+BUSY_WAIT_S = 1.5
 
 
 def registry_dir(runtime_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -224,13 +228,18 @@ def _make_handler(reg: Registration) -> type[BaseHTTPRequestHandler]:
             got = self.headers.get("Authorization", "")
             return hmac.compare_digest(got.encode(), f"Bearer {reg.token}".encode())
 
-        def _call(self, fn: Callable[[], Any]) -> None:
+        def _call(self, fn: Callable[[], Any], wait_s: float = -1) -> None:
+            if not reg.calls.acquire(timeout=wait_s):
+                self._send(503, {"error": "controller-busy", "message": f"controller {reg.name!r} is busy with "
+                                 f"another call (a re-plan?) for over {wait_s:g} s"})
+                return
             try:
-                with reg.calls:
-                    result = fn()
+                result = fn()
             except Exception as exc:
                 self._send(500, {"error": "controller-error", "message": f"{type(exc).__name__}: {exc}"})
                 return
+            finally:
+                reg.calls.release()
             self._send(200, result)
 
         def _read_body(self) -> bool:
@@ -252,7 +261,7 @@ def _make_handler(reg: Registration) -> type[BaseHTTPRequestHandler]:
             if not self._authorized():
                 self._send(403, {"error": "forbidden", "message": "bad or missing bearer token"})
             elif self.path == "/state":
-                self._call(lambda: _finite(reg.controller.state()))
+                self._call(lambda: _finite(reg.controller.state()), BUSY_WAIT_S)
             else:
                 self._send(404, {"error": "not-found", "message": f"no route {self.path}"})
 
@@ -296,8 +305,9 @@ class Registration:
     """One controller's registration: its file and its 127.0.0.1 server, from ``register()`` until ``close()``.
 
     The server runs on daemon threads (one accepting, one per connection); ``close()`` (idempotent) stops it and
-    removes the file, and is also run at interpreter exit. A kernel killed outright leaves its file behind: readers
-    treat a dead pid as gone.
+    removes the file, and is also run at interpreter exit and, inside a kernel, on its shutdown request (before the
+    kernel ends its children: ``shutdown.py``), so a deliberate shutdown reads as closed. A kernel killed outright
+    leaves its file behind: readers treat a dead pid as gone (died).
     """
 
     def __init__(self, controller: PanelControl, name: str | None = None,
@@ -312,6 +322,7 @@ class Registration:
         self.created = time.time()
         self.kernel_id = current_kernel_id()
         self._closed = False
+        self.close_reason: str | None = None
         self._lock = threading.Lock()
         self.calls = threading.Lock()  # controller methods run one at a time, as on one server thread
         # port 0: the OS picks a free port; the host is fixed to loopback, never all interfaces
@@ -330,6 +341,8 @@ class Registration:
             raise
         _LIVE[self.id] = self
         atexit.register(self.close)
+        if shutdown.install_in_kernel(lambda: list(_LIVE.values())) or in_kernel():
+            shutdown.detach_workers(controller)  # the kernel's interrupts must not kill the cluster's workers
 
     def _write_file(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -350,12 +363,14 @@ class Registration:
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def close(self) -> None:
-        """Remove the file, stop the server; safe to call twice and from ``atexit``."""
+    def close(self, reason: str = "closed") -> None:
+        """Remove the file, stop the server; safe to call twice and from ``atexit``. ``reason``: why (``closed``,
+        ``kernel-shutdown``), kept in ``close_reason``."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
+            self.close_reason = reason
         with contextlib.suppress(OSError):
             self.path.unlink()
         self._server.shutdown()

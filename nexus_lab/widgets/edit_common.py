@@ -70,6 +70,8 @@ _SENTENCES = [
      "GPU {0:.0f} is overbooked: its batches take {1:.0f} ms, longer than its {2:.0f} ms duty cycle"),
     (re.compile(rf"^gpu (\d+): memory {_N} MB exceeds the device's {_N} MB$"),
      "GPU {0:.0f} needs {1:.0f} MB of memory, more than its {2:.0f} MB"),
+    (re.compile(r"^(?:sessions|queries)\['(.+?)'\]\.rate: needs ~([\d.e+]+) GPUs, more than cluster size=(\d+).*$"),
+     "The rate of {0} needs at least {1:,.0f} GPUs, more than the {2:.0f} GPUs of this cluster: enter a lower rate"),
     (re.compile(rf"^(.+?): planned {_N}/s of its {_N}/s$"), "Session {0} is given {1:.1f} of its {2:.1f} requests/s"),
 ]
 

@@ -256,14 +256,29 @@ def gantt_update(fig: go.Figure, bars: Sequence[Bar], lanes: Sequence[str] | Non
 
 
 def placement_update(fig: go.Figure, segments: Sequence[Segment], gpus: Sequence[tuple[str, float | None]],
-                     colors: Mapping[str, str] | None = None, names: Mapping[int, str] | None = None) -> None:
+                     colors: Mapping[str, str] | None = None, names: Mapping[int, str] | None = None,
+                     real: Sequence[float | None] | None = None) -> None:
     """``gpus``: (label, occupancy or None when idle) of every GPU, left to right, so idle GPUs keep their frame;
-    ``names``: a segment's plan GPU id -> its label (default ``GPU <id>``)."""
+    ``names``: a segment's plan GPU id -> its label (default ``GPU <id>``); ``real``: each GPU's occupancy at the
+    real rates when the plan keeps headroom (shown next to the planned share). A GPU over 100% shows as such:
+    its frame and the axis grow to fit it."""
     label = (lambda g: names.get(g, f"GPU {g}")) if names is not None else (lambda g: f"GPU {g}")
     occ = fig.data[0]
-    occ.x, occ.y = [g for g, _ in gpus], [1.0] * len(gpus)
-    occ.customdata = [o or 0.0 for o in finite(o for _, o in gpus)]
-    occ.text = ["idle" if o is None else f"{o:.0%}" for _, o in gpus]
+    occs = [o or 0.0 for o in finite(o for _, o in gpus)]
+    occ.x, occ.y = [g for g, _ in gpus], [max(1.0, o) for o in occs]
+    occ.customdata = occs
+    reals = list(real) if real is not None else [None] * len(gpus)
+
+    def text(o: float | None, r: float | None) -> str:
+        if o is None:
+            return "idle"
+        return f"{o:.0%}" if r is None or abs(r - o) < 0.005 else f"{o:.0%} ({r:.0%} at real rates)"
+
+    occ.text = [text(o, r) for (_, o), r in zip(gpus, reals, strict=True)]
+    top = max(occs, default=1.0)
+    want = [0, max(1.12, top * 1.08 + 0.04)]
+    if list(fig.layout.yaxis.range or ()) != want:
+        fig.layout.yaxis.range = want
     by: dict[str, list[Segment]] = {}
     for s in segments:
         by.setdefault(s.session, []).append(s)

@@ -162,7 +162,7 @@ class QueryEditor:
 
     def preview(self) -> QueryPreview:
         pv = preview_query(self.ctl.workload, self.name.value, self.slo.value, self._spec(), self.rate.value,
-                           profile_set=self.ctl.editor.profile_set)
+                           profile_set=self.ctl.editor.profile_set, max_gpus=self.ctl.gpus, what="cluster size")
         self.last_preview = pv
         self._draw(pv)
         self.apply_button.disabled = True

@@ -119,7 +119,7 @@ class SloEditor:
         before = self.ctl.current_plan
         pv = preview_edits(wl, self.edits, before=before,
                            policy=self.ctl.policy, gpus=self.ctl.gpus, profile_set=self.ctl.editor.profile_set,
-                           fill=self.ctl.fill)
+                           fill=self.ctl.fill, max_gpus=self.ctl.gpus, what="cluster size")
         self.last_preview = pv
         self.apply_button.disabled = True
         if self.ctl.closed:

@@ -10,11 +10,10 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import replace
 from typing import Any
 
 from ..controller.edits import WorkloadEditor, base_workload
-from ..controller.placement import assign_gpus
+from ..controller.placement import assign_gpus, by_worker_index
 from ..controller.state import build_state
 from ..planner import Plan, plan_workload
 from ..planner.api import check_fill
@@ -106,10 +105,9 @@ class SimController:
         """The plan ``apply()`` would run: GPU ids are the simulated workers, pinned sessions on their GPU."""
         plan = plan_workload(self.workload, self.policy, gpus=self.gpus, fill=self.fill)
         old = {_key(g.id): g.to_dict() for g in (self._plan.gpus if self._plan else ())}
-        where = assign_gpus(plan, [_key(i) for i in range(self.gpus)], old,
-                            {s: _key(g) for s, g in self._pins.items()})
-        placed = sorted((replace(g, id=int(where[g.id])) for g in plan.gpus), key=lambda g: g.id)
-        return replace(plan, gpus=tuple(placed))
+        workers = [_key(i) for i in range(self.gpus)]
+        where = assign_gpus(plan, workers, old, {s: _key(g) for s, g in self._pins.items()})
+        return by_worker_index(plan, where, workers)[0]
 
     def apply(self) -> Plan:
         return self.apply_plan(self.plan())

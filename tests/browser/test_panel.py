@@ -2,7 +2,8 @@
 
 A real controller (``nexus_lab.start``: a two-worker Dask cluster of simulated GPUs) runs in a notebook kernel under
 steady load and registers itself; the panel must list it, move its GPU bars, re-plan on request and say when it
-closes or its kernel dies. Screenshots go to artifacts/screenshots/. Skipped only without /usr/bin/chromium.
+closes or its kernel dies, and show its last known state marked stale while it does not answer.
+Screenshots go to artifacts/screenshots/. Skipped only without /usr/bin/chromium.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psutil
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -217,6 +219,29 @@ def test_panel_lists_controller_moves_replans_and_sees_close(lab):
             expect(panel).to_be_visible()
             page.wait_for_timeout(1500)
             assert polls, "the panel did not poll again once shown"
+
+            # a frozen controller (its kernel, scheduler included, stopped): the panel keeps the last known values,
+            # marked stale with their age, instead of dashes or an empty error (issue 13)
+            (live,) = _controllers(lab)
+            frozen = psutil.Process(live["pid"])
+            message = panel.locator(".jp-NexusPanel-message")
+            frozen.suspend()
+            try:
+                expect(message).to_contain_text("Stale: no answer from the controller", timeout=20_000)
+                expect(message).to_have_class(re.compile("jp-mod-stale"))
+                expect(panel.locator(".jp-NexusPanel-body.jp-mod-stale")).to_have_count(1)
+                bars = panel.locator(".jp-NexusPanel-bar")
+                expect(bars).to_have_count(2)
+                values = bars.locator(".jp-NexusPanel-barValue").all_inner_texts()
+                assert all("%" in v for v in values), f"stale bars lost their values: {values}"
+                assert "–" not in panel.locator('.jp-NexusPanel-summary dd[data-field="GPUs / workers"]').inner_text()
+                page.wait_for_timeout(1500)
+                assert re.search(r"for \d+ s", message.inner_text()), message.inner_text()  # its age
+                panel.screenshot(path=str(SHOTS / "panel-stale.png"))
+            finally:
+                frozen.resume()
+            expect(message).not_to_contain_text("Stale", timeout=20_000)  # current again once it answers
+            expect(panel.locator(".jp-NexusPanel-body.jp-mod-stale")).to_have_count(0)
 
             # close the controller: the panel says so
             _run_cell(page, 1)

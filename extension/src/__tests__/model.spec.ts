@@ -11,6 +11,7 @@ import {
   formatP99,
   formatPct,
   goneMessage,
+  keepsStale,
   parseControllers,
   parseState,
   sloStatus,
@@ -150,6 +151,44 @@ describe('controllers', () => {
     expect(goneMessage(cs[0])).toBe('Controller gone: the kernel running old (pid 10) has died; start a new controller.');
     expect(controllerLabel(cs[0])).toBe('old (pid 10) – gone');
     expect(controllerLabel(cs[1])).toBe('live (pid 11)');
+  });
+});
+
+describe('closed or died (issue 13)', () => {
+  const cs = parseControllers({
+    controllers: [
+      { id: 'aa', name: 'shut', pid: 10, created: 1, alive: false, ended: 'closed' },
+      { id: 'bb', name: 'crashed', pid: 11, created: 2, alive: false, ended: 'died' },
+      { id: 'cc', name: 'old-server', pid: 12, created: 3, alive: false },
+      { id: 'dd', name: 'live', pid: 13, created: 4, alive: true, ended: null }
+    ]
+  });
+
+  it('reads how a controller ended; a live one has not', () => {
+    expect(cs.map(c => c.ended)).toEqual(['closed', 'died', 'died', null]);
+  });
+
+  it('says a deliberately shut down kernel closed its controller, and only a crash died', () => {
+    expect(goneMessage(cs[0])).toBe(
+      'Controller closed: the kernel running shut (pid 10) was shut down; start a new controller.'
+    );
+    expect(goneMessage(cs[0])).not.toContain('died');
+    expect(goneMessage(cs[1])).toContain('has died');
+    expect(controllerLabel(cs[0])).toBe('shut (pid 10) – closed');
+    expect(controllerLabel(cs[1])).toBe('crashed (pid 11) – gone');
+  });
+
+  it('names a closed controller closed in a 410 too', () => {
+    const body = { error: 'controller-closed', ended: 'closed', message: "controller 'x' was closed" };
+    expect(describeError(410, body, 'Gone')).toBe("Controller closed: controller 'x' was closed");
+    expect(describeError(410, { error: 'controller-gone', message: 'has exited' }, 'Gone')).toBe(
+      'Controller gone: has exited'
+    );
+  });
+
+  it('keeps the last state as stale only for transient failures', () => {
+    expect([null, 500, 502, 503].map(keepsStale)).toEqual([true, true, true, true]);
+    expect([403, 404, 410].map(keepsStale)).toEqual([false, false, false]);
   });
 });
 
