@@ -52,6 +52,12 @@ def session_table(plan: Plan, wl: Workload) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _apply_call(gpu: dict | None, sessions: dict[str, dict[str, Any]], version: int, groups: list[dict[str, Any]]
+                ) -> tuple[str, dict[str, Any]]:
+    """A backend's part of plan ``version``, as the ``nexus_apply`` call that puts it in force."""
+    return "nexus_apply", {"gpu": gpu, "sessions": sessions, "version": version, "prefix_groups": groups}
+
+
 class Deployment:
     """The plan state one controller owns, guarded by ``lock``; ``apply`` is serialized by its own lock.
 
@@ -140,13 +146,7 @@ class Deployment:
     # ------------------------------------------------------------------------------------------ applying
     def preview(self) -> Plan:
         """The plan ``apply()`` would run now, on as many GPUs as the cluster has responsive workers."""
-        workers = self.io.usable()
-        if not workers:
-            raise RuntimeError("cluster: no workers")
-        with self.lock:
-            wl, measured = self.editor.workload(), set(self.editor.measured)
-        check_declared(wl, measured, len(workers), "plan")
-        return plan_workload(wl, self.policy, gpus=len(workers), fill=self.fill)
+        return self._plan(None, True, "plan")[2]
 
     def apply(self, given: Plan | None = None, *, strict: bool = True) -> Plan:
         """Plan now (or validate ``given``) and apply only the difference; listeners hear of a new version after
@@ -161,7 +161,7 @@ class Deployment:
         before = self.version
         try:
             for _ in range(_REPLANS):
-                workers, wl, plan = self._plan(given, strict)
+                workers, wl, plan = self._plan(given, strict, "apply")
                 with self._apply_lock:
                     if self.io.usable() == workers:
                         return self._apply(plan, wl, workers)
@@ -170,9 +170,9 @@ class Deployment:
             if self.version != before:
                 self._notify(self.version)
 
-    def _plan(self, given: Plan | None, strict: bool) -> tuple[list[str], Workload, Plan]:
+    def _plan(self, given: Plan | None, strict: bool, call: str) -> tuple[list[str], Workload, Plan]:
         """The workers planned for, the workload planned and its plan (or ``given``, validated); no lock held
-        while the planner runs."""
+        while the planner runs. ``call`` names the public call in a refusal."""
         workers = self.io.usable()
         if not workers:
             raise RuntimeError("cluster: no workers")
@@ -180,7 +180,7 @@ class Deployment:
             wl, measured = self.editor.workload(), set(self.editor.measured)
         if given is None:
             if strict:
-                check_declared(wl, measured, len(workers), "apply")
+                check_declared(wl, measured, len(workers), call)
             return workers, wl, plan_workload(wl, self.policy, gpus=len(workers), fill=self.fill)
         if not isinstance(given, Plan):
             raise WorkloadError(f"apply_plan.plan: must be a nexus_lab.planner.Plan, got {type(given).__name__}")
@@ -204,8 +204,7 @@ class Deployment:
         groups = [dict(g) for g in plan.prefix_groups]
 
         def run(step: Sequence[str]) -> dict[str, str]:
-            calls = {w: ("nexus_apply", {"gpu": new[w], "sessions": sessions, "version": version,
-                                         "prefix_groups": groups}) for w in step}
+            calls = {w: _apply_call(new[w], sessions, version, groups) for w in step}
             errors = {}
             for w, r in self.io.call(calls).items():
                 err = r if isinstance(r, Exception) else (r or {}).get("error")
@@ -265,8 +264,7 @@ class Deployment:
                      if isinstance(st, dict) and gpu_key(st.get("gpu")) != gpu_key(believed.get(w))}
             if not drift:
                 return []
-            calls = {w: ("nexus_apply", {"gpu": believed.get(w), "sessions": table, "version": version,
-                                         "prefix_groups": groups}) for w in drift}
+            calls = {w: _apply_call(believed.get(w), table, version, groups) for w in drift}
             replies = self.io.call(calls)
             fixed = sorted(w for w, r in replies.items() if isinstance(r, dict) and not r.get("error"))
             with self.lock:

@@ -204,7 +204,7 @@ class EpochLoop:
         silent with requests in flight) or it missed the previous poll as well: one slow reply on a busy host is
         not a hang. An answer makes it responsive again."""
         silent = self.io.silent(replies)
-        suspects = set(getattr(self.deployment.frontend, "suspect_workers", ()))
+        suspects = set(self.deployment.frontend.suspect_workers)
         hung = {w for w in silent if w in suspects or w in self._missed}
         self._missed = (self._missed - set(replies)) | silent
         self.io.unresponsive = (self.io.unresponsive - set(replies)) | hung

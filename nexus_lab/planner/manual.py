@@ -13,17 +13,10 @@ from dataclasses import replace
 from ..workload import Workload, WorkloadError
 from .api import session_profiles, validate
 from .plan import Plan
+from .squishy import ceil_batch
 from .validate import PlanInvalid
 
-__all__ = ["edit_placement", "fitted_batch", "moved_sessions", "placement_signature", "placement_violations",
-           "real_occupancy"]
-
-_TOL = 1e-9
-
-
-def fitted_batch(rate: float, duty_cycle_ms: float) -> int:
-    """The smallest batch that serves ``rate`` requests/s when collected once per ``duty_cycle_ms``."""
-    return max(1, math.ceil(rate * duty_cycle_ms / 1000.0 - _TOL))
+__all__ = ["edit_placement", "moved_sessions", "placement_signature", "placement_violations", "real_occupancy"]
 
 
 def edit_placement(plan: Plan, workload: Workload, *, moves: Mapping[str, tuple[int, int]] | None = None,
@@ -37,7 +30,8 @@ def edit_placement(plan: Plan, workload: Workload, *, moves: Mapping[str, tuple[
     ``real_rates``: judge the placement at the workload's own rates, not the plan's ``rate_fraction`` (a plan
     with headroom, ``fill > 1``, is planned at up to ``fill`` times every rate and so fills its GPUs): every
     rate is scaled back, and on each GPU a move or a duty-cycle edit touches, every batch not set by hand
-    shrinks to the smallest that serves its rate (``fitted_batch``): the headroom is what a move can use.
+    shrinks to the smallest that serves its rate (the planner's ``ceil_batch``): the headroom is what a move can
+    use.
     """
     profiles = session_profiles(plan, workload)
     frac = plan.rate_fraction if real_rates and plan.rate_fraction > 0 else 1.0
@@ -79,7 +73,7 @@ def edit_placement(plan: Plan, workload: Workload, *, moves: Mapping[str, tuple[
     if real_rates:
         for gid in touched:
             gpus[gid] = [x if (gid, x.session) in (batches or {}) else
-                         replace(x, batch=fitted_batch(x.rate, durations[gid])) for x in gpus[gid]]
+                         replace(x, batch=int(ceil_batch(x.rate, durations[gid]))) for x in gpus[gid]]
     out = []
     for g in plan.gpus:
         g = replace(g, duty_cycle_ms=durations[g.id])
@@ -107,7 +101,7 @@ def real_occupancy(plan: Plan, workload: Workload) -> dict[int, float]:
         for a in g.allocations:
             p = profiles.get(a.session)
             if p is not None and g.duty_cycle_ms > 0:
-                b = min(a.batch, fitted_batch(a.rate / frac, g.duty_cycle_ms), p.max_batch)
+                b = min(a.batch, int(ceil_batch(a.rate / frac, g.duty_cycle_ms)), p.max_batch)
                 load += float(p.lat_ms[max(b, 1)])
         out[g.id] = load / g.duty_cycle_ms if g.duty_cycle_ms > 0 else math.inf
     return out

@@ -6,7 +6,6 @@ placements in ``planner.manual`` (re-exported here for the editors), so the UI r
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,19 +16,10 @@ from ..planner.api import session_profiles, stage_session
 from ..planner.manual import edit_placement, moved_sessions, placement_signature, placement_violations
 from ..workload import Workload, topological
 
-#: Session colours: a qualitative palette, picked by a stable hash of the session name.
+#: Session colours: a qualitative palette, handed out in order per view (``figures.session_colors``).
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d", "#31a354",
            "#756bb1", "#636363")
-
-
-def session_color_index(name: str) -> int:
-    """The same colour for a session in every view and every run (a stable hash, not insertion order)."""
-    return zlib.crc32(name.encode()) % len(PALETTE)
-
-
-def session_color(name: str) -> str:
-    return PALETTE[session_color_index(name)]
 
 
 # ------------------------------------------------------------------------------------------ placement view
@@ -151,4 +141,4 @@ def topo_names(workload: Workload, query: str) -> list[str]:
 __all__ = ["PALETTE", "Allocation", "Bar", "GpuPlan", "Preview", "QueryPreview", "Segment", "dag_layout",
            "edit_placement", "edited_workload", "gantt_bars", "last_cycles_window", "moved_sessions",
            "placement_grid", "placement_segments", "placement_signature", "placement_violations", "preview_edits",
-           "preview_query", "session_color", "session_color_index", "session_gpus", "stage_sessions", "topo_names"]
+           "preview_query", "session_gpus", "stage_sessions", "topo_names"]
