@@ -11,7 +11,12 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["WorkloadError", "as_list", "fmt", "label", "number", "read_document", "text", "unknown"]
+__all__ = ["MAX_SLO_MS", "WorkloadError", "as_list", "fmt", "label", "number", "read_document", "slo_ms", "text",
+           "unknown"]
+
+#: The longest SLO an edit accepts: a minute. Beyond it nothing is interactive serving any more (and a dashboard's
+#: latency axis would stretch to show it); the editors and the controller's API refuse it by this one rule.
+MAX_SLO_MS = 60_000.0
 
 
 class WorkloadError(ValueError):
@@ -90,6 +95,27 @@ def number(raw: Mapping, key: str, where: str, *, default: float | None = None, 
         raise WorkloadError(f"{where}.{key}: must be >= {fmt(ge)}")
     if le is not None and not val <= le:
         raise WorkloadError(f"{where}.{key}: must be <= {fmt(le)}, got {val:g}")
+    return val
+
+
+def slo_ms(value: object, where: str) -> float:
+    """An SLO in ms as an edit gives it: a finite number above 0 and at most ``MAX_SLO_MS``. The ``WorkloadError``
+    names the field and the range: ``set_slo.slo_ms: must be <= 60000, got 1e+12; allowed: more than 0 and at most
+    60000 ms (a minute)``."""
+    allowed = f"allowed: more than 0 and at most {fmt(MAX_SLO_MS)} ms (a minute)"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise WorkloadError(f"{where}: must be a finite number, got {label(value)}; {allowed}")
+    try:
+        val = float(value)
+    except OverflowError:
+        raise WorkloadError(f"{where}: must be <= {fmt(MAX_SLO_MS)}, got an integer beyond float range; "
+                            f"{allowed}") from None
+    if not math.isfinite(val):
+        raise WorkloadError(f"{where}: must be a finite number, got {label(value)}; {allowed}")
+    if not val > 0:
+        raise WorkloadError(f"{where}: must be > 0, got {val:g}; {allowed}")
+    if val > MAX_SLO_MS:
+        raise WorkloadError(f"{where}: must be <= {fmt(MAX_SLO_MS)}, got {val:g}; {allowed}")
     return val
 
 

@@ -352,32 +352,3 @@ def test_real_kernel_shutdown_removes_the_registration(tmp_path):
         km.shutdown_kernel(now=False)
     assert not path.exists() and (tmp_path / "closed").read_text() == "yes"
     assert registry.list_gone(tmp_path) == []
-
-
-def test_workers_leave_the_kernels_process_group():
-    """Jupyter interrupts a kernel with SIGINT to its process group: the cluster's workers must not be in it."""
-    from nexus_lab.lab import shutdown
-
-    code = ("import os, sys; from nexus_lab.lab.shutdown import _leave_group\n"
-            "pg = os.getpgrp(); other = _leave_group(pg + 1); moved = _leave_group(pg)\n"
-            "print(other, moved, os.getpgrp() == os.getpid())")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
-    assert out.stdout.split() == ["False", "True", "True"]
-
-    class Client:
-        def __init__(self, fail: bool) -> None:
-            self.fail, self.calls = fail, []
-
-        def run(self, fn, *args):
-            if self.fail:
-                raise OSError("scheduler gone")
-            self.calls.append((fn, args))
-            return {"tls://w0": True}
-
-    ctl = FakeController()
-    ctl.client = Client(fail=False)
-    assert shutdown.detach_workers(ctl) == {"tls://w0": True}
-    assert ctl.client.calls == [(shutdown._leave_group, (os.getpgrp(),))]
-    ctl.client = Client(fail=True)
-    assert shutdown.detach_workers(ctl) == {}
-    assert shutdown.detach_workers(FakeController()) == {}  # no client: nothing to do

@@ -5,7 +5,9 @@ Depends on distributed's ``LocalCluster`` and the runtime's backend plugin; noth
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import warnings
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +35,30 @@ WORKER_MALLOC_ENV = {"MALLOC_TRIM_THRESHOLD_": MALLOC_THRESHOLD, "MALLOC_MMAP_TH
 #: A loop blocked longer than ``distributed.admin.tick.limit`` (3 s) is still reported.
 SERVING_CONFIG = {"distributed.worker.profile.enabled": False, "distributed.admin.tick.interval": "1s",
                   "distributed.admin.system-monitor.interval": "5s"}
+
+
+def own_session() -> bool:
+    """Put this process into a session (and process group) of its own; False where it already leads one.
+
+    Jupyter interrupts a kernel, and begins every shutdown, with SIGINT to the kernel's whole process group; a
+    ``LocalCluster``'s worker processes are born into it, so each would die mid-request with a ``KeyboardInterrupt``
+    traceback in the server log (the same for Ctrl-C in a terminal). Out of the group, a worker hears only its
+    nanny: the cluster's close still ends it, and distributed ends it when the process that started it dies.
+    """
+    with contextlib.suppress(OSError):
+        os.setsid()
+        return True
+    return False
+
+
+def dask_setup(worker: Any) -> None:
+    """Preload hook (this module is a worker preload of ``start``'s clusters): runs first in each new worker
+    process, before it joins the scheduler, so no interrupt of the starting process ever reaches a worker."""
+    own_session()
+
+
+#: Worker preloads of ``start``'s clusters: this module, whose ``dask_setup`` is ``own_session``.
+WORKER_PRELOAD = [__name__]
 
 
 class InsecureClusterWarning(UserWarning):
@@ -109,7 +135,7 @@ def start(gpus: int = 4, device: str = "simulated:titan-x-pascal", *, security: 
         # host: every server (scheduler, nannies, workers and their HTTP servers) on loopback only
         cluster = LocalCluster(n_workers=gpus, threads_per_worker=threads, processes=True, host="127.0.0.1",
                                dashboard_address=loopback(dashboard_address), silence_logs=silence_logs,
-                               memory_limit=memory_limit, **kw)
+                               memory_limit=memory_limit, preload=WORKER_PRELOAD, **kw)
     try:
         client = Client(cluster, security=security, set_as_default=False)
         client.register_plugin(NexusBackend(device=device, threads=threads))

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from ..fields import slo_ms as check_slo_ms
 from ..profiles import ModelProfile, ProfileError, load_profile
 from ..profiles.registry import builtin_profiles
 from ..workload import (
@@ -119,7 +120,7 @@ class WorkloadEditor:
         """Add a session; returns its name (``model:slo`` unless ``name`` is given)."""
         where = "add_session"
         self.resolve_model(model, where)
-        slo = _check_number(slo_ms, f"{where}.slo_ms", gt=0)
+        slo = check_slo_ms(slo_ms, f"{where}.slo_ms")
         r = INITIAL_RATE if rate is None else _check_number(rate, f"{where}.rate", ge=0)
         if name is not None and (not isinstance(name, str) or not name.strip()):
             raise WorkloadError(f"{where}.name: must be a non-empty string, got {name!r}")
@@ -140,7 +141,7 @@ class WorkloadEditor:
             raise WorkloadError(f"add_query.name: must be a non-empty string, got {name!r}")
         if name in self.names():
             raise WorkloadError(f"add_query.name: {name!r} already exists")
-        _check_number(slo_ms, f"{where}.slo_ms", gt=0)
+        check_slo_ms(slo_ms, f"{where}.slo_ms")
         if rate is not None:
             _check_number(rate, f"{where}.rate", ge=0)
         if not isinstance(stages, Sequence) or isinstance(stages, str) or not stages:
@@ -167,7 +168,7 @@ class WorkloadEditor:
 
     def set_slo(self, name: str, slo_ms: float) -> None:
         self._known(name, "set_slo")
-        slo = _check_number(slo_ms, "set_slo.slo_ms", gt=0)
+        slo = check_slo_ms(slo_ms, "set_slo.slo_ms")
         if name in self.sessions:
             self.sessions[name] = replace(self.sessions[name], slo_ms=slo)
         else:

@@ -341,8 +341,7 @@ class Registration:
             raise
         _LIVE[self.id] = self
         atexit.register(self.close)
-        if shutdown.install_in_kernel(lambda: list(_LIVE.values())) or in_kernel():
-            shutdown.detach_workers(controller)  # the kernel's interrupts must not kill the cluster's workers
+        shutdown.install_in_kernel(lambda: list(_LIVE.values()))
 
     def _write_file(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -8,18 +8,16 @@ kernel's ``do_shutdown`` (which runs before any of that): it removes every regis
 then closes each controller (its epoch loop, client and the cluster it started) within a bounded time.
 
 Jupyter also interrupts a kernel (on every interrupt, and first thing on a shutdown) with SIGINT to the kernel's
-whole process group, which holds the worker processes of a ``LocalCluster`` the kernel started: each died with a
-``KeyboardInterrupt`` traceback in the server log. ``detach_workers`` moves those workers into process groups of
-their own when their controller registers in a kernel; the controller's close still ends them.
+whole process group; the workers of a cluster that ``nexus_lab.start`` made are not in it (each starts a session of
+its own: ``controller.cluster.own_session``), so that SIGINT leaves no worker tracebacks in the server log.
 
-Standard library only; IPython is looked up only when already imported (``registry.in_kernel``); Dask is reached
-only through the controller's own ``client``.
+Standard library only; IPython is looked up only when already imported (``registry.in_kernel``); controllers are
+reached only through their own ``close``.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -54,29 +52,6 @@ def close_all(registrations: Callable[[], list[Any]], budget_s: float = CLOSE_BU
         t = threading.Thread(target=_close, name="nexus-lab-shutdown", daemon=True)
         t.start()
         t.join(budget_s)
-
-
-def _leave_group(kernel_pgid: int) -> bool:
-    """Run on a worker: leave the kernel's process group (only when in it), so its SIGINTs no longer reach us."""
-    if os.getpgrp() != kernel_pgid:
-        return False
-    try:
-        os.setpgid(0, 0)
-    except OSError:
-        return False
-    return True
-
-
-def detach_workers(controller: Any) -> dict[str, bool]:
-    """Move the controller's worker processes that share this process's group into groups of their own (by worker:
-    whether it moved). Workers elsewhere (another group, another machine) are left alone; errors yield ``{}``."""
-    run = getattr(getattr(controller, "client", None), "run", None)
-    if not callable(run):
-        return {}
-    try:
-        return dict(run(_leave_group, os.getpgrp()))
-    except Exception:
-        return {}
 
 
 def install(kernel: Any, registrations: Callable[[], list[Any]]) -> bool:

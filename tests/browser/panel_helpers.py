@@ -44,8 +44,11 @@ def write_notebook(path: Path, cells: list[str]) -> None:
 class LabServer:
     """A JupyterLab on 127.0.0.1 with its own config, runtime, settings and data dirs; the Nexus extension on."""
 
-    def __init__(self, root: Path, token: str = "nexus-panel-test-token") -> None:
+    def __init__(self, root: Path, token: str = "nexus-panel-test-token",
+                 env: dict[str, str | None] | None = None) -> None:
+        """``env``: variables for the server and its kernels (None unsets one)."""
         self.root, self.token, self.port = root, token, free_port()
+        self.env = dict(env or {})
         self.notebooks = root / "notebooks"
         self.runtime = root / "runtime"
         self.proc: subprocess.Popen | None = None
@@ -69,6 +72,11 @@ class LabServer:
         env = dict(os.environ, JUPYTER_CONFIG_DIR=str(config), JUPYTER_RUNTIME_DIR=str(self.runtime),
                    JUPYTER_PATH=str(data), JUPYTERLAB_SETTINGS_DIR=str(self.root / "settings"),
                    JUPYTERLAB_WORKSPACES_DIR=str(self.root / "workspaces"))
+        for key, value in self.env.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         self.log = open(self.root / "lab.log", "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--allow-root", "--ServerApp.ip=127.0.0.1",
@@ -86,6 +94,22 @@ class LabServer:
             except OSError:
                 time.sleep(0.5)
         raise RuntimeError(f"jupyter lab did not start in {timeout_s} s")
+
+    def set_theme(self, theme: str) -> None:
+        """The user's JupyterLab theme (``"JupyterLab Dark"``), as the settings editor saves it; pages loaded from
+        now on use it, and kernels read it (``widgets.figures.lab_theme_dark``)."""
+        settings = self.root / "settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True, exist_ok=True)
+        (settings / "themes.jupyterlab-settings").write_text(json.dumps({"theme": theme}))
+
+    def log_size(self) -> int:
+        """Bytes of the server's log so far (its kernels and their workers write to it too)."""
+        return (self.root / "lab.log").stat().st_size
+
+    def log_since(self, offset: int) -> str:
+        with open(self.root / "lab.log", "rb") as f:
+            f.seek(offset)
+            return f.read().decode("utf-8", "replace")
 
     @property
     def url(self) -> str:

@@ -250,6 +250,28 @@ def test_panel_lists_controller_moves_replans_and_sees_close(lab):
             expect(panel.locator(".jp-NexusPanel-bar")).to_have_count(0)
             page.screenshot(path=str(SHOTS / "panel-closed.png"))
 
+            # a deliberate kernel shutdown from the page (what the Kernel menu's "Shut Down Kernel" calls): the panel
+            # reads closed, not died, and neither the kernel nor its cluster's workers (in sessions of their own, out
+            # of reach of the SIGINT Jupyter sends the kernel's process group) write a traceback to the server log
+            _run_cell(page, 0)
+            expect(panel.locator(".jp-NexusPanel-bar")).to_have_count(2, timeout=30_000)
+            (live,) = _controllers(lab)
+            procs = lab.track_tree(live["pid"])
+            assert len(procs) > 2, f"expected the kernel and its two Dask workers, found {procs}"
+            offset = lab.log_size()
+            page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.shutdown()")
+            expect(message).to_contain_text("closed", timeout=15_000)
+            _gone, alive = psutil.wait_procs(procs, timeout=30)
+            assert not alive, f"processes of the shut-down kernel still run: {alive}"
+            page.wait_for_timeout(2000)  # anything late (a worker's dying words) reaches the log by now
+            said = message.inner_text() + " ".join(panel.locator(".jp-NexusPanel-select option").all_inner_texts())
+            assert "closed" in said and "died" not in said and "gone" not in said, said
+            log = lab.log_since(offset)
+            assert "Traceback" not in log and "KeyboardInterrupt" not in log, log[-4000:]
+            panel.screenshot(path=str(SHOTS / "panel-kernel-shutdown.png"))
+            page.evaluate("() => window.jupyterapp.shell.currentWidget.sessionContext.changeKernel({name: 'python3'})")
+            expect(page.locator("#jp-main-statusbar")).to_contain_text("| Idle", timeout=90_000)
+
             # a kernel that dies without closing its controller: the panel says the controller is gone
             # (its cluster's worker processes become orphans: the fixture's stop() ends them)
             _run_cell(page, 0)
