@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
@@ -77,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     pr.add_argument("--batches", default="1,2,4,8,16,32", help="comma-separated batch sizes")
     pr.add_argument("--repeats", type=_positive_int, default=10)
-    pr.add_argument("--out", default=None, help="write the profile here (default: stdout)")
+    pr.add_argument("--out", default=None, help="write the profile to this file, or into this model repository "
+                    "(a folder: <model>/profiles/<device>.txt); default: stdout")
+    pr.add_argument("--models", default=None, help="a model repository whose models to know first")
 
     b = sub.add_parser("bench", help="run one benchmark and print its JSON")
     b.add_argument("name")
@@ -86,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="the main job: serve a demo workload on a local cluster of simulated GPUs")
     d.add_argument("--quick", action="store_true")
+    from .ingress.headless import add_parser as add_serve_parser
+
+    add_serve_parser(sub)
     return parser
 
 
@@ -128,9 +134,19 @@ def _cmd_profile(args: argparse.Namespace) -> int:
         raise WorkloadError(f"--batches: must be comma-separated integers >= 1, got {args.batches!r}") from None
     if not batches or min(batches) < 1:
         raise WorkloadError("--batches: must be comma-separated integers >= 1")
-    prof = profile_builtin(args.model, device=args.device, batches=batches, repeats=args.repeats)
+    if args.models:
+        from .models.repository import load_repository, register_config
+
+        for cfg in load_repository(args.models):
+            register_config(cfg)
+    prof = profile_builtin(args.model, device=args.device, batches=batches, repeats=args.repeats,
+                           progress="console")
     text = prof.to_text()
-    if args.out:
+    if args.out and (os.path.isdir(args.out) or not os.path.splitext(args.out)[1]):  # a model repository
+        from .models.repository import store_profile
+
+        print(f"wrote {store_profile(args.out, args.model, prof)}", file=sys.stderr)
+    elif args.out:
         with open(args.out, "w") as fh:
             fh.write(text)
         print(f"wrote {args.out}", file=sys.stderr)
@@ -153,13 +169,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(quick=args.quick)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .ingress.headless import main as serve_main
+
+    return serve_main(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; bad input exits 2 naming the field, a plan that fails its own check exits 1."""
     from .planner import PlanInvalid
 
     args = build_parser().parse_args(argv)
     handler = {"plan": _cmd_plan, "simulate": _cmd_simulate, "profile": _cmd_profile, "bench": _cmd_bench,
-               "demo": _cmd_demo}[args.command]
+               "demo": _cmd_demo, "serve": _cmd_serve}[args.command]
     try:
         return handler(args)
     except (WorkloadError, ProfileError, ValueError) as exc:

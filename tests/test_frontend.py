@@ -23,7 +23,7 @@ from nexus_lab.runtime import wire
 from nexus_lab.runtime.backend import NexusBackend
 from nexus_lab.runtime.frontend import Frontend
 from nexus_lab.runtime.loadgen import arrival_times, start_load
-from nexus_lab.runtime.queries import crop_boxes, run_query
+from nexus_lab.runtime.queries import crop_boxes, start_query
 from nexus_lab.runtime.results import Dropped, RequestFailed
 from nexus_lab.runtime.routes import Route
 
@@ -286,9 +286,10 @@ def test_query_fans_out_one_child_per_detected_box():
             fe.set_routes({s: [(w, 1.0)] for s in sessions}, sessions)
             for _ in range(8):
                 frame = rng.random((3, 64, 64), dtype=np.float32) * rng.uniform(0.1, 4.0)
-                out = run_query(fe.submit_many, query, frame, parents={"detect": None, "car": "detect"})
-                assert not out["failed"] and not out["dropped"], out
-                boxes = np.asarray(out["outputs"]["detect"])
+                out = start_query(fe, query, {"detect": [], "car": ["detect"]}, frame).result(10)
+                assert out["ended_by"] is None, out
+                (boxes,) = out["outputs"]["detect"]
+                boxes = np.asarray(boxes)
                 assert boxes.ndim == 2 and boxes.shape[1] == 6
                 assert len(out["outputs"]["car"]) == len(boxes)  # one child request per detected box
                 assert all(np.asarray(r).shape[-1] == 100 for r in out["outputs"]["car"])

@@ -13,7 +13,7 @@ NOTEBOOKS = sorted(HERE.glob("*.ipynb"))
 def test_every_issue_notebook_is_present():
     names = {p.name for p in NOTEBOOKS}
     for n in ("01-quickstart", "02-squishy-bin-packing", "03-query-latency-split", "04-prefix-batching",
-              "05-real-models-on-cpu", "06-paper-experiments"):
+              "05-real-models-on-cpu", "06-paper-experiments", "07-deployment"):
         assert f"{n}.ipynb" in names
 
 

@@ -15,13 +15,19 @@ BENCHMARKS = {
     "sim": "sim",
     "paper": "paper",
     "query": "query",
+    "queries": "queries",
     "dispatch": "dispatch",
     "cpu-model": "cpu_model",
+    "real-models": "real_models",
     "peers": "peers",
     "sim-to-real": "sim_to_real",
     "replan": "replan",
     "dashboard": "dashboard",
     "panel": "panel",
+    "ingress": "ingress",
+    "epochs": "epochs",
+    "deployment": "deployment",
+    "autoscale": "autoscale",
 }
 
 

@@ -19,10 +19,13 @@ from ..planner import Plan
 from ..planner.api import check_fill
 from ..workload import Workload, WorkloadError
 from . import html
+from .autoscale import Autoscale
 from .checks import check_declared, check_flag, check_name, check_number, check_settings, guarded
 from .deploy import ApplyError, Deployment
 from .edits import WorkloadEditor, base_workload
 from .epoch import EpochLoop, EpochSettings
+from .ingress import Ingress
+from .models import ModelCatalogue
 from .rates import RateMonitor
 from .rpc import ClusterIO, ClusterLost, connected
 from .serving import Serving
@@ -61,7 +64,7 @@ class _Unit(Generic[T]):
         setattr(attrgetter(self.unit)(obj), self.name, value)
 
 
-class Controller(Serving):
+class Controller(Serving, Ingress, ModelCatalogue, Autoscale):
     """Serve a Nexus workload on a Dask cluster: one worker per GPU, one ``NexusBackend`` plugin per worker.
 
     Parameters
@@ -108,7 +111,7 @@ class Controller(Serving):
                  workload: Workload | str | Mapping | None = None,
                  policy: str = "nexus", security: Any = None, auto: bool = True, history: int = 3600,
                  rpc_timeout_s: float = 30.0, coalesce_ms: float = 1.0, max_coalesce: int = 64,
-                 net_ms: float | None = RUNTIME_NET_MS, register: bool | None = None) -> None:
+                 net_ms: float | None = RUNTIME_NET_MS, register: bool | None = None, models: Any = None) -> None:
         settings = EpochSettings(epoch_s, poll_s, rate_threshold, headroom)
         fill = check_fill(fill)
         check_settings(net_ms=net_ms, rpc_timeout_s=rpc_timeout_s, history=history, policy=policy)
@@ -127,6 +130,8 @@ class Controller(Serving):
                                 event=self._event)
         self._deploy.adopt(self.io.adoption(states, self.editor),  # what the backends already run, if anything
                            {w: int(st.get("version", -1)) for w, st in states.items() if st})
+        if models is not None:  # a model repository (``ModelCatalogue``), known before the first epoch
+            self.add_models(models)
         if auto:
             self._epoch.start()
         self._lab = self._register(register)
@@ -381,12 +386,12 @@ class Controller(Serving):
             link = self.client.dashboard_link
         except Exception:
             link = None
-        return build_state(wl, plan, current, st, measured=measured, pins=pins, version=version,
-                           planned_at=planned_at,
-                           cluster={"scheduler": self.client.scheduler.address, "device": self.device,
-                                    "epoch_s": self.epoch_s, "paused": self._epoch.paused,
-                                    "dashboard_link": link, "suspect": sorted(self.frontend.suspect_workers),
-                                    "unresponsive": sorted(self.io.unresponsive), "repairs": dep.repairs})
+        return self._with_query_stats(build_state(  # each query row also gets its ``end_to_end`` figures
+            wl, plan, current, st, measured=measured, pins=pins, version=version, planned_at=planned_at,
+            cluster={"scheduler": self.client.scheduler.address, "device": self.device, "epoch_s": self.epoch_s,
+                     "paused": self._epoch.paused, "dashboard_link": link, "model_warnings": self.model_warnings(),
+                     "suspect": sorted(self.frontend.suspect_workers), "unresponsive": sorted(self.io.unresponsive),
+                     "repairs": dep.repairs, "frontends": self.frontends_state()}))
 
     def _repr_html_(self) -> str:
         return html.render(self.state())
@@ -407,6 +412,7 @@ class Controller(Serving):
         if self._lab is not None:
             self._lab.close()
             self._lab = None
+        self.stop_serving()
         self._epoch.stop(timeout_s)
         self.frontend.close()
         if self._owns_client or self._cluster is not None:

@@ -17,7 +17,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from ..planner import PlanInvalid
 from ..planner.api import stage_session
+from ..planner.epoch_plan import epoch_plan
+from ..planner.incremental import Band
+from ..workload import WorkloadError
 from .deploy import Deployment
 from .edits import INITIAL_RATE
 from .rates import RateMonitor, moved
@@ -33,20 +37,33 @@ TRACE_KEEP = 500  # batch-trace records kept per worker (the dashboard's Gantt v
 
 @dataclass
 class EpochSettings:
-    """When the loop polls (``poll_s``) and re-plans: every ``epoch_s``, or when a measured rate rose by more than
-    ``rate_threshold`` (relative); measured rates are planned ``headroom`` higher."""
+    """When the loop polls (``poll_s``) and re-plans: every ``epoch_s``, or when a measured rate moved by more than
+    ``rate_threshold`` (relative; only a rise when ``incremental`` is off); measured rates are planned ``headroom``
+    higher. ``incremental`` re-plans start from the current plan: a session keeps its GPUs while its rate stays
+    within ``[band_low, 1]`` of their capacity (``planner.incremental.Band``)."""
 
     epoch_s: float = 30.0
     poll_s: float = 1.0
     rate_threshold: float = 0.2
     headroom: float = 0.1
+    incremental: bool = True  # re-plan from the current plan (``planner.epoch_plan``); False: always from scratch
+    band_low: float = 0.8  # a session keeps its GPUs down to this share of their capacity
 
     def __post_init__(self) -> None:
         for name, val in (("epoch_s", self.epoch_s), ("poll_s", self.poll_s), ("rate_threshold", self.rate_threshold)):
             if not (isinstance(val, (int, float)) and val > 0):
                 raise ValueError(f"{name}: must be a number > 0, got {val!r}")
-        if not (isinstance(self.headroom, (int, float)) and self.headroom >= 0):
-            raise ValueError(f"headroom: must be >= 0, got {self.headroom!r}")
+        if not (isinstance(self.headroom, (int, float)) and 0 <= self.headroom <= 9):
+            raise ValueError(f"headroom: must be a number in [0, 9], got {self.headroom!r}")
+        if not isinstance(self.incremental, bool):
+            raise ValueError(f"incremental: must be True or False, got {self.incremental!r}")
+        if isinstance(self.band_low, bool) or not (isinstance(self.band_low, (int, float)) and 0 < self.band_low <= 1):
+            raise ValueError(f"band_low: must be a number in (0, 1], got {self.band_low!r}")
+
+    @property
+    def band(self) -> Band:
+        """The re-plan's hysteresis band: resized sessions get ``1 + headroom`` times their measured rate."""
+        return Band(low=self.band_low, high=1.0 + self.headroom)
 
 
 class EpochLoop:
@@ -145,8 +162,10 @@ class EpochLoop:
         if reason is None and dep.planned_at is not None and time.time() - dep.planned_at >= self.settings.epoch_s:
             reason = "epoch"
         if reason is None:
+            # A rise past the threshold re-plans at once; with incremental re-plans a fall does too (the band
+            # keeps a session's GPUs until it left it, so the plan does not flap).
             changed = moved(dep.planned_measured, self.measured_rates(), self.settings.rate_threshold,
-                             up_only=True)
+                             up_only=not self.settings.incremental)
             if changed:
                 reason = "rate moved: " + ", ".join(changed)
         if reason is None:
@@ -159,12 +178,52 @@ class EpochLoop:
             if not dep.editor.names():
                 dep.planned_at = time.time()
                 return None
-        dep.apply(strict=False)  # measured overload is scaled down to the cluster, never refused
+        decision = self._incremental()
+        if decision is None:
+            dep.apply(strict=False)  # measured overload is scaled down to the cluster, never refused
         with dep.lock:
             # What the move threshold compares against: the measured rates, without the headroom.
             dep.planned_measured.update({n: max(r, INITIAL_RATE) for n, r in self.measured_rates().items()})
-        self._event("replan", reason=reason)
+        self._event("replan", reason=reason, mode=(decision or {}).get("mode", "scratch"), decision=decision)
         return reason
+
+    def _incremental(self) -> dict[str, Any] | None:
+        """Re-plan from the current plan (``planner.epoch_plan``, the rule the deployment simulator runs too) and
+        apply it; None when it did not (no current plan, queries, or the decision was to plan from scratch: the
+        caller applies a from-scratch plan as before). Each measured session's planned rate becomes what the
+        plan serves it (at least its measured rate; ``1 + headroom`` times it once resized)."""
+        dep = self.deployment
+        if not self.settings.incremental:
+            return None
+        with dep.lock:
+            previous, wl, measured = dep.plan, dep.editor.workload(), set(dep.editor.measured)
+        if previous is None or wl.queries:
+            return None
+        band = self.settings.band
+        need = wl.scaled(1.0 / band.high)  # the rates the sessions need: measured, and declared over the headroom
+        try:
+            decision = epoch_plan(previous, need, policy=dep.policy, gpus=len(self.io.usable()), fill=dep.fill,
+                                  band=band)
+        except (ValueError, WorkloadError) as exc:
+            logger.info("incremental re-plan skipped: %s", exc)
+            return None
+        if decision.mode != "incremental":
+            return None
+        plan = decision.plan
+        planned = {s.name: s.rate for s in wl.sessions if s.name in measured}
+        with dep.lock:
+            for s in plan.sessions:
+                if s.session in planned:
+                    dep.editor.set_measured(s.session, s.rate / plan.rate_fraction)
+        try:
+            dep.apply(plan, strict=False)
+        except (ValueError, WorkloadError, PlanInvalid) as exc:  # the cluster or the workload changed meanwhile
+            logger.info("incremental plan not applied (%s); planning from scratch", exc)
+            with dep.lock:  # the caller plans the measured rates with their headroom, as before
+                for name, rate in planned.items():
+                    dep.editor.set_measured(name, rate)
+            return None
+        return decision.summary()
 
     def collect(self, workers: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Poll every backend's stats window once; keep it in the bounded history and feed the rate monitor."""

@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+import numpy as np
+
 
 def strip_window(worker: str, window: Mapping[str, Any]) -> dict[str, Any]:
     """The part of one backend window worth keeping in the bounded history (no batch trace, no histograms)."""
@@ -97,3 +99,43 @@ def arrivals_of(windows: Iterable[Mapping[str, Any]]) -> tuple[dict[str, float],
         for s, rec in w["sessions"].items():
             out[s] += int(rec.get("arrivals") or 0)
     return dict(out), (max(spans) if spans else 0.0)
+
+
+def empty_query_row(slo_ms: float | None) -> dict[str, Any]:
+    """A query's end-to-end row before any of its frames was measured."""
+    return {"slo_ms": slo_ms, "frames": 0, "ended": 0, "completed": 0, "within_slo": 0, "offered_rate": None,
+            "goodput": None, "slo_attainment": None, "latency_p50_ms": None, "latency_p99_ms": None,
+            "ended_by": {}}
+
+
+def aggregate_queries(windows: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Pool windows of query outcomes (``runtime.query_stats.QueryBoard.take_window``, from any sources and
+    times) into one end-to-end row per query, over their common span.
+
+    ``frames``: frames offered; ``offered_rate`` and ``goodput`` (frames within the SLO) per second;
+    ``slo_attainment``: frames within the SLO over frames that ended (outcomes counted when they end, as the stage
+    rows count them); ``latency_p50_ms``/``latency_p99_ms``: of the completed frames' end-to-end latencies;
+    ``ended_by``: frames a stage ended, by ``"stage: reason"``.
+    """
+    windows = [w for w in windows if w.get("queries")]
+    if not windows:
+        return {}
+    span = max(max(float(w["t1"]) for w in windows) - min(float(w["t0"]) for w in windows), 1e-9)
+    acc: dict[str, dict[str, Any]] = {}
+    for w in windows:
+        for q, rec in w["queries"].items():
+            a = acc.setdefault(q, {**empty_query_row(rec.get("slo_ms")), "_lat": [], "ended_by": Counter()})
+            for k, src in (("frames", "offered"), ("ended", "ended"), ("completed", "completed"),
+                           ("within_slo", "within_slo")):
+                a[k] += int(rec.get(src) or 0)
+            a["ended_by"].update(rec.get("ended_by") or {})
+            a["_lat"].extend(rec.get("latencies_ms") or ())
+    out = {}
+    for q, a in sorted(acc.items()):
+        lats = np.asarray(a.pop("_lat"), dtype=float)
+        out[q] = {**a, "ended_by": dict(a["ended_by"]), "offered_rate": a["frames"] / span,
+                  "goodput": a["within_slo"] / span,
+                  "slo_attainment": a["within_slo"] / a["ended"] if a["ended"] else None,
+                  "latency_p50_ms": float(np.percentile(lats, 50)) if lats.size else None,
+                  "latency_p99_ms": float(np.percentile(lats, 99)) if lats.size else None}
+    return out

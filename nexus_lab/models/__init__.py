@@ -4,6 +4,7 @@ Torch is imported only when a model is built, so importing this package stays li
 inputs with it). Knows nothing of devices, planners or Dask.
 """
 
+from . import sources  # noqa: F401  (``torchvision:<arch>`` names resolve on first use)
 from .builtin import register_builtins
 from .sharing import shared_prefix_length
 from .zoo import (

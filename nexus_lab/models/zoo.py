@@ -65,6 +65,8 @@ class ModelSpec:
     group: str | None = None
     passthrough: bool = False
     description: str = ""
+    transform: Any = None  # ``imaging.ImageTransform``: requests send images, the backend makes the input
+    post: Any = None  # ``imaging.TopK`` / ``imaging.Boxes``: applied to each output row on the backend's CPU threads
 
     @property
     def shape(self) -> tuple[int, ...] | None:
@@ -72,7 +74,10 @@ class ModelSpec:
 
     @property
     def input_spec(self) -> InputSpec | None:
-        return None if self.input_shape is None else InputSpec(self.input_shape, np.dtype(self.dtype))
+        """The wire's spec of one request; None (any payload) for a model with a transform: it takes images."""
+        if self.input_shape is None or self.transform is not None:
+            return None
+        return InputSpec(self.input_shape, np.dtype(self.dtype))
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -89,7 +94,7 @@ def model_seed(name: str) -> int:
 def register_model(name: str, factory: Callable[[], Any] | str | Path, input_shape: tuple[int, ...] | None,
                    dtype: str = "float32", postprocess: Callable[[np.ndarray], Any] | None = None, *,
                    group: str | None = None, passthrough: bool = False, description: str = "",
-                   replace: bool = False) -> ModelSpec:
+                   replace: bool = False, transform: Any = None, post: Any = None) -> ModelSpec:
     """Register a model under ``name``.
 
     Parameters
@@ -105,6 +110,9 @@ def register_model(name: str, factory: Callable[[], Any] | str | Path, input_sha
     group
         Prefix group: variants of one base whose leading ``nn.Sequential`` children are identical (detected by
         hashing structure and weights when first needed); their shared part runs as ``<group>.prefix``.
+    transform, post
+        Optional image pre-processing (``imaging.ImageTransform``: requests then send images) and result
+        post-processing (``imaging.TopK``/``imaging.Boxes``), both run on the backend's CPU threads.
 
     Examples
     --------
@@ -135,7 +143,8 @@ def register_model(name: str, factory: Callable[[], Any] | str | Path, input_sha
         np.dtype(dtype)
     except TypeError:
         raise ValueError(f"dtype: {dtype!r} is not a numpy dtype name") from None
-    spec = ModelSpec(name, input_shape, str(np.dtype(dtype)), factory, postprocess, group, passthrough, description)
+    spec = ModelSpec(name, input_shape, str(np.dtype(dtype)), factory, postprocess, group, passthrough, description,
+                     transform, post)
     with _LOCK:
         if name in _REGISTRY and not replace:
             raise ValueError(f"name: model {name!r} is already registered (pass replace=True)")
@@ -186,8 +195,17 @@ def part_of(name: str) -> tuple[str, str]:
     return "whole", name
 
 
+#: name prefix -> a function that registers a model it names on first use (``torchvision:<arch>``); filled by
+#: ``nexus_lab.models.sources``, so every process knows such a model without registering it by hand.
+RESOLVERS: dict[str, Callable[[str], ModelSpec]] = {}
+
+
 def _spec(name: str) -> ModelSpec:
     spec = _REGISTRY.get(name)
+    if spec is None:
+        resolver = next((r for p, r in RESOLVERS.items() if isinstance(name, str) and name.startswith(p)), None)
+        if resolver is not None:
+            return resolver(name)
     if spec is None:
         raise UnknownModelError(f"unknown model {name!r}; available: {', '.join(available_models())}")
     return spec
@@ -210,17 +228,21 @@ def get_model_spec(name: str) -> ModelSpec:
     if part == "prefix":
         first = _members(base)[0]
         return ModelSpec(name, first.input_shape, first.dtype, lambda: _build_part("prefix", base), None, base,
-                         False, f"shared prefix of group {base}")
+                         False, f"shared prefix of group {base}", first.transform)
     spec = _spec(base)
     if spec.group is None:
         raise UnknownModelError(f"model {base!r} belongs to no prefix group, so {name!r} does not exist")
     return ModelSpec(name, feature_shape(spec.group), "float32", lambda: _build_part("suffix", base),
-                     spec.postprocess, spec.group, False, f"suffix of {base} after the {spec.group} prefix")
+                     spec.postprocess, spec.group, False, f"suffix of {base} after the {spec.group} prefix",
+                     None, spec.post)
 
 
 def input_spec(name: str) -> InputSpec | None:
-    """One request's input spec of ``name`` (None: any payload); raises ``UnknownModelError`` for unknown names."""
-    return get_model_spec(name).input_spec
+    """One request's input spec of ``name`` (None: any payload); raises ``UnknownModelError`` for unknown names.
+    A request to a ``<model>.suffix`` session (a prefix group's member) carries the model's own input: the
+    backend runs the group's prefix on it first."""
+    part, base = part_of(name)
+    return get_model_spec(base if part == "suffix" else name).input_spec
 
 
 def check_input(name: str, array: Any, *, batched: bool = False) -> None:

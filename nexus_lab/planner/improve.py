@@ -76,6 +76,9 @@ def improve(gpus: list[GpuPlan], demands: Sequence[Demand], memory_mb: float) ->
             alt = empty_gpus(alt, demands, memory_mb)
             if len(alt) < len(best) and all(_gpu_ok(g, by_name, memory_mb) for g in alt):
                 best = alt
+        from .resplit import resplit_candidates  # imports this module: a re-split packs as above
+
+        best = resplit_candidates(best, gpus, demands, memory_mb, _SMALL)
     return best if len(best) <= len(gpus) else list(gpus)
 
 
@@ -108,6 +111,18 @@ def _same_rates(a: Sequence[GpuPlan], b: Sequence[GpuPlan]) -> bool:
     return ta.keys() == tb.keys() and all(abs(ta[k] - tb[k]) <= 1e-9 * max(1.0, tb[k]) for k in ta)
 
 
+def whole_gpus(dm: Demand, memory_mb: float) -> tuple[int, float, float, int, float]:
+    """How a session's rate splits at its efficient batch ``b*``: ``(B, l(b*), T*, n, r)``, its saturated batch
+    ``B``, the latency and throughput at ``b*``, the ``n = floor(R/T*)`` whole GPUs it fills and the residual
+    rate ``r = R - n*T*`` left for shared GPUs."""
+    p, rate = dm.profile, dm.session.rate
+    best = efficient_batch(dm, memory_mb)
+    lat = float(p.lat_ms[best])
+    tput = best * 1000.0 / lat
+    n = int(np.floor(rate / tput + 1e-9))
+    return saturated_batch(p, dm.budget_ms, memory_mb), lat, tput, n, rate - n * tput
+
+
 def efficient_batch(dm: Demand, memory_mb: float) -> int:
     """The batch ``b* <= B`` of highest throughput ``b / l(b)``; ties go to the larger batch.
 
@@ -137,13 +152,8 @@ def efficient_split(demands: Sequence[Demand], memory_mb: float) -> tuple[list[G
         s, p = dm.session, dm.profile
         if unservable_reason(dm, memory_mb) is not None or s.rate <= 0:
             continue
-        big = saturated_batch(p, dm.budget_ms, memory_mb)
-        best = efficient_batch(dm, memory_mb)
-        lat = float(p.lat_ms[best])
-        tput = best * 1000.0 / lat
-        n = int(np.floor(s.rate / tput + 1e-9))
+        big, lat, tput, n, r = whole_gpus(dm, memory_mb)
         full += [make_gpu([(dm, tput)], lat)] * n
-        r = s.rate - n * tput
         if r <= s.rate * 1e-9:
             continue
         b, duty = residual_for(p, dm.budget_ms, r, big)

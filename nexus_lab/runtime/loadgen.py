@@ -2,7 +2,9 @@
 processes through their own ``Frontend``, so the notebook is never the bottleneck; reports offered load and outcomes.
 
 Arrival processes are the simulator's (``nexus_lab.arrivals``); only ``run_load``/``start_load`` touch the frontend
-and the cluster. Generators survive worker loss: no task is pinned to one address (a restarted worker comes back
+and the cluster. Queries are driven the same way, one frame per arrival, each an asynchronous DAG
+(``query_frames``); their end-to-end outcomes are tallied where the frames run (``query_stats``) and published
+live to the controller. Generators survive worker loss: no task is pinned to one address (a restarted worker comes back
 under a new one), and ``LoadHandle.result`` returns what finished plus an account of what was lost.
 Nothing here plans or batches.
 """
@@ -24,6 +26,10 @@ import numpy as np
 
 from ..arrivals import ARRIVAL_KINDS, generate
 from . import wire
+from .load_report import Tally, merge_reports, session_report
+from .queries import Crop, QueryShape, crop_boxes
+from .query_frames import check_query, launch_frame
+from .query_stats import QueryBoard, metadata_publisher, run_publisher
 from .routes import ROUTES_KEY, routes_from_config
 
 __all__ = ["KINDS", "LoadHandle", "arrival_times", "merge_reports", "run_load", "start_load"]
@@ -54,6 +60,8 @@ class _Plan:
     coalesce_ms: float = 1.0
     max_coalesce: int = 64
     follow: bool = False  # follow a controller's re-plans (scheduler metadata ``ROUTES_KEY``)
+    queries: dict[str, dict[str, Any]] | None = None  # query -> {"query", "parents"} (``query_routes``)
+    crop: Any = None  # a crop, or query -> crop
 
 
 FOLLOW_POLL_S = 0.5  # how often a following generator checks for new routes (within a backend's drain grace)
@@ -77,66 +85,47 @@ def _follow_routes(fe: Any, client: Any, stop: threading.Event) -> None:
             seen = int(meta["version"])
 
 
-class _Tally:
-    """Outcome counts of one session, updated by the frontend's ``on_done`` callbacks on its loop thread (where
-    the open loop runs too, so no lock is needed)."""
-
-    def __init__(self, slo_s: float) -> None:
-        self.slo_s = slo_s
-        self.offered = 0
-        self.ended = 0
-        self.ok = 0
-        self.within_slo = 0
-        self.failed = 0
-        self.dropped: dict[str, int] = {}
-        self.latencies_ms: list[float] = []
-        self.errors: list[str] = []
-
-    def on_done(self, sent: float) -> Callable[[str, Any], None]:
-        """The ``on_done`` of a request that arrived at ``sent`` (time.time()): its latency counts from then."""
-
-        def done(status: str, value: Any) -> None:
-            self.ended += 1
-            if status == "ok":
-                lat = time.time() - sent
-                self.ok += 1
-                self.within_slo += lat <= self.slo_s
-                if len(self.latencies_ms) < 200000:
-                    self.latencies_ms.append(lat * 1000.0)
-            elif status == "dropped":
-                self.dropped[value] = self.dropped.get(value, 0) + 1
-            else:
-                self.failed += 1
-                if len(self.errors) < 5:
-                    self.errors.append(str(value))
-
-        return done
-
-
 def run_load(frontend: Any, rates: Mapping[str, float], duration_s: float, *, kind: str = "poisson",
              cv: float = 2.0, traces: Mapping[str, Sequence[float]] | None = None,
-             payloads: Mapping[str, Any] | None = None, seed: int = 0, settle_s: float | None = None
-             ) -> dict[str, Any]:
+             payloads: Mapping[str, Any] | None = None, seed: int = 0, settle_s: float | None = None,
+             queries: Mapping[str, Mapping[str, Any]] | None = None, crop: Crop | Mapping[str, Crop] | None = None,
+             publish: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Drive ``frontend`` open loop for ``duration_s`` and report, per session, the offered load and outcomes.
 
+    ``rates`` may also name queries of ``queries`` (query -> ``{"query": plan dict, "parents": {stage:
+    [parents]}}``, as ``controller.query_routes`` gives them): each arrival is then one frame run as a DAG
+    (``launch_frame``, with ``crop``: one for all queries or one per query, default ``crop_boxes``), and the report's
+    ``"queries"`` gives each end to end (``QueryBoard.total``). ``publish(window)``, when given, gets a window of
+    the queries' outcomes every ``query_stats.PUBLISH_S`` from a thread of its own (a controller's
+    ``record_query_window``, or the scheduler's metadata for a generator on a worker).
+
     Requests of a session whose model has a zoo input spec get a zero array of that spec unless ``payloads``
-    gives one. Returns ``{"duration_s", "kind", "wakeups", "sessions": {session: {"offered", "offered_rate", "ok",
-    "within_slo", "dropped": {reason: n}, "failed", "p50_ms", "p99_ms", "latencies_ms"}}}``; ``wakeups`` counts
+    gives one (a query's frames: that of its first root stage, unless ``payloads`` names the query). Returns
+    ``{"duration_s", "kind", "wakeups", "sessions": {session: {"offered", "offered_rate", "ok", "within_slo",
+    "dropped": {reason: n}, "failed", "p50_ms", "p99_ms", "latencies_ms"}}, "queries": {...}}``; ``wakeups`` counts
     the open loop's wake-ups (one per coalescing window of the frontend: each arrival is handed over stamped with
     its arrival time, from which its latency and deadline count).
     """
     sessions = frontend.sessions
+    queries = dict(queries or {})
+    shapes: dict[str, QueryShape] = {}
     for s, r in rates.items():
-        if s not in sessions:
-            raise ValueError(f"rates[{s!r}]: unknown session; routed sessions: {sorted(sessions)}")
+        if s in queries:
+            q = queries[s]
+            shapes[s] = check_query(q.get("query", {}), q.get("parents", {}))
+        elif s not in sessions:
+            raise ValueError(f"rates[{s!r}]: unknown session or query; routed sessions: {sorted(sessions)},"
+                             f" queries: {sorted(queries)}")
         if r < 0:
             raise ValueError(f"rates[{s!r}]: must be >= 0, got {r}")
     payloads = dict(payloads or {})
     names = sorted(rates)
     for s in names:
         if s not in payloads:
-            spec = wire.input_spec(str(sessions[s].get("model", "")))
+            root = shapes[s].sessions[shapes[s].order[0]] if s in shapes else s
+            spec = wire.input_spec(str(sessions.get(root, {}).get("model", "")))
             payloads[s] = None if spec is None else np.zeros(tuple(spec.shape), dtype=spec.dtype)
+    crops = {q: (crop.get(q) if isinstance(crop, Mapping) else crop) or crop_boxes for q in shapes}
     times, owners = [], []
     for k, s in enumerate(names):
         t = arrival_times(kind, float(rates[s]), duration_s, cv=cv,
@@ -147,21 +136,62 @@ def run_load(frontend: Any, rates: Mapping[str, float], duration_s: float, *, ki
     who = np.concatenate(owners) if owners else np.zeros(0, dtype=int)
     order = np.argsort(all_t, kind="stable")
     all_t, who = all_t[order], who[order]
-    tallies = [_Tally(float(sessions[s]["slo_ms"]) / 1000.0) for s in names]
+    tallies = [Tally(shapes[s].slo_s if s in shapes else float(sessions[s]["slo_ms"]) / 1000.0) for s in names]
+    board = QueryBoard({q: sh.slo_s * 1000.0 for q, sh in shapes.items()})
+    drive = _Drive(names, [shapes.get(s) for s in names], crops, board,
+                   sorted({sh.sessions[sh.order[0]] for sh in shapes.values()} | (set(names) - set(shapes))))
+    stop = threading.Event()
+    publisher = None
+    if publish is not None and shapes:
+        publisher = threading.Thread(target=run_publisher, args=(board, publish, stop), name="nexus-load-publish",
+                                     daemon=True)
+        publisher.start()
     # A full (generation 2) garbage collection of a big process heap (a notebook or pytest with torch and Jupyter
     # loaded: ~500k objects) stops every thread for 100-300 ms, which lands on the requests in flight as latency.
     # Freezing the heap as it is now makes collections during the run scan only the objects the run creates.
     gc.freeze()
     try:
         wait = settle_s if settle_s is not None else max((t.slo_s for t in tallies), default=0.0) + 6.0
-        return frontend.run_on_loop(_open_loop(frontend, names, payloads, all_t, who, tallies, wait, kind,
-                                               duration_s)).result()
+        report = frontend.run_on_loop(_open_loop(frontend, drive, payloads, all_t, who, tallies, wait, kind,
+                                                 duration_s)).result()
     finally:
         gc.unfreeze()
+        stop.set()
+        if publisher is not None:
+            publisher.join(5)
+    report["queries"] = board.total(report["duration_s"])
+    for rec in report["queries"].values():
+        rec["offered_rate"] = rec["offered"] / max(duration_s, 1e-9)
+    return report
 
 
-async def _open_loop(frontend: Any, names: list[str], payloads: Mapping[str, Any], all_t: np.ndarray,
-                     who: np.ndarray, tallies: list[_Tally], settle_s: float, kind: str, duration_s: float
+@dataclass
+class _Drive:
+    """What the open loop drives: per owner its name and query shape (None: a session), the crops, the queries'
+    tally, and the sessions whose coalescing windows pace the loop (sessions and queries' first roots)."""
+
+    names: list[str]
+    shapes: list[QueryShape | None]
+    crops: dict[str, Crop]
+    board: QueryBoard
+    paced: list[str]
+
+
+def _launch(frontend: Any, drive: _Drive, k: int, payload: Any, times: list[float]) -> None:
+    """Start one frame of query ``k`` per arrival in ``times``; a frame its roots refuse counts as failed."""
+    name, shape = drive.names[k], drive.shapes[k]
+    assert shape is not None
+    drive.board.offer(name, len(times))
+    done = drive.board.on_result(name)
+    for t in times:
+        try:
+            launch_frame(frontend, shape, payload, done, crop=drive.crops[name], arrived=t)
+        except Exception as exc:
+            done({"ended_by": {"stage": shape.order[0], "status": "failed", "reason": str(exc)}, "latency_ms": 0.0})
+
+
+async def _open_loop(frontend: Any, drive: _Drive, payloads: Mapping[str, Any], all_t: np.ndarray,
+                     who: np.ndarray, tallies: list[Tally], settle_s: float, kind: str, duration_s: float
                      ) -> dict[str, Any]:
     """The open loop of ``run_load``, on the frontend's own loop thread: send each request at its arrival time,
     wait up to ``settle_s`` for the stragglers, report (on the loop, where late replies land). On the loop that
@@ -174,12 +204,13 @@ async def _open_loop(frontend: Any, names: list[str], payloads: Mapping[str, Any
     # the loop wakes once per window, not once per arrival (a wake-up costs more than dispatching a request):
     # each request is handed over stamped with its arrival time, and its latency, deadline and window count from
     # then. A window of 0 (no coalescing) wakes at each arrival.
+    names = drive.names
     t0 = time.time()
     i, n = 0, len(at)
     wakeups = 0
     while i < n:
         now = time.time() - t0
-        window = min(frontend.window_s(s) for s in names)  # the backends may change their holds as load moves
+        window = min(frontend.window_s(s) for s in drive.paced)  # the backends may change their holds as load moves
         if at[i] + window > now:
             await asyncio.sleep(at[i] + window - now)
             wakeups += 1
@@ -189,6 +220,9 @@ async def _open_loop(frontend: Any, names: list[str], payloads: Mapping[str, Any
         for k in range(i, j):
             due.setdefault(owner[k], []).append(t0 + at[k])
         for k, times in due.items():
+            if drive.shapes[k] is not None:
+                _launch(frontend, drive, k, payloads[names[k]], times)
+                continue
             tally = tallies[k]
             tally.offered += len(times)
             name = names[k]
@@ -202,24 +236,11 @@ async def _open_loop(frontend: Any, names: list[str], payloads: Mapping[str, Any
         i = j
     wall = time.time() - t0
     end = time.time() + settle_s
-    while any(t.ended < t.offered for t in tallies) and time.time() < end:
+    while (any(t.ended < t.offered for t in tallies) or drive.board.unfinished()) and time.time() < end:
         await asyncio.sleep(0.01)
-    return {**_report(names, tallies, kind, duration_s, wall), "wakeups": wakeups}
-
-
-def _report(names: list[str], tallies: list[_Tally], kind: str, duration_s: float, wall: float) -> dict[str, Any]:
-    out: dict[str, Any] = {"duration_s": wall, "kind": kind, "sessions": {}}
-    for s, t in zip(names, tallies, strict=True):
-        lats = np.asarray(t.latencies_ms)
-        out["sessions"][s] = {
-            "offered": t.offered, "offered_rate": t.offered / max(duration_s, 1e-9), "ok": t.ok,
-            "within_slo": t.within_slo, "dropped": dict(t.dropped), "failed": t.failed,
-            "unfinished": t.offered - t.ok - t.failed - sum(t.dropped.values()),
-            "p50_ms": float(np.percentile(lats, 50)) if lats.size else None,
-            "p99_ms": float(np.percentile(lats, 99)) if lats.size else None,
-            "errors": list(t.errors), "latencies_ms": list(t.latencies_ms),
-        }
-    return out
+    rep = session_report([s for s, sh in zip(names, drive.shapes, strict=True) if sh is None],
+                  [t for t, sh in zip(tallies, drive.shapes, strict=True) if sh is None], kind, duration_s, wall)
+    return {**rep, "wakeups": wakeups}
 
 
 def _generator(plan: _Plan, rates: dict[str, float], duration_s: float, kind: str, cv: float,
@@ -246,42 +267,23 @@ def _generator(plan: _Plan, rates: dict[str, float], duration_s: float, kind: st
             follower = threading.Thread(target=_follow_routes, args=(fe, get_client(), stop),
                                         name="nexus-load-follow", daemon=True)
             follower.start()
+        publish = None
+        if plan.queries and any(q in plan.queries for q in rates):
+            from distributed import get_client
+
+            publish = metadata_publisher(get_client(), f"{worker.address}-{uuid.uuid4().hex[:8]}")
         try:
-            report = run_load(fe, rates, duration_s, kind=kind, cv=cv, traces=traces, seed=seed)
+            report = run_load(fe, rates, duration_s, kind=kind, cv=cv, traces=traces, seed=seed,
+                              queries=plan.queries, crop=plan.crop, publish=publish)
         finally:
             stop.set()
             if follower is not None:
                 follower.join(5)
     report["worker"] = worker.address
     if not keep_latencies:
-        for s in report["sessions"].values():
+        for s in (*report["sessions"].values(), *report["queries"].values()):
             s.pop("latencies_ms", None)
     return report
-
-
-def merge_reports(reports: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Sum the per-generator reports: counts add up; p50/p99 over the pooled latencies when they were kept."""
-    out: dict[str, Any] = {"generators": len(reports), "duration_s": max((r["duration_s"] for r in reports),
-                                                                         default=0.0),
-                           "wakeups": sum(r.get("wakeups", 0) for r in reports), "sessions": {}}
-    pooled: dict[str, list[float]] = {}
-    for r in reports:
-        for s, rec in r["sessions"].items():
-            agg = out["sessions"].setdefault(s, {"offered": 0, "offered_rate": 0.0, "ok": 0, "within_slo": 0,
-                                                 "dropped": {}, "failed": 0, "unfinished": 0, "errors": []})
-            for key in ("offered", "offered_rate", "ok", "within_slo", "failed", "unfinished"):
-                agg[key] += rec[key]
-            for reason, v in rec["dropped"].items():
-                agg["dropped"][reason] = agg["dropped"].get(reason, 0) + v
-            agg["errors"] = (agg["errors"] + rec.get("errors", []))[:5]
-            pooled.setdefault(s, []).extend(rec.get("latencies_ms", ()))
-    for s, agg in out["sessions"].items():
-        lats = np.asarray(pooled.get(s, ()))
-        agg["p50_ms"] = float(np.percentile(lats, 50)) if lats.size else None
-        agg["p99_ms"] = float(np.percentile(lats, 99)) if lats.size else None
-        agg["slo_attainment"] = agg["within_slo"] / agg["offered"] if agg["offered"] else None
-        agg["goodput"] = agg["within_slo"] / out["duration_s"] if out["duration_s"] else 0.0
-    return out
 
 
 class LoadHandle:
@@ -341,7 +343,8 @@ class LoadHandle:
 def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, float], duration_s: float, *,
                kind: str = "poisson", cv: float = 2.0, traces: Mapping[str, Sequence[float]] | None = None,
                workers: Sequence[str] | None = None, seed: int = 0, keep_latencies: bool = False,
-               follow: bool | None = None) -> LoadHandle:
+               follow: bool | None = None, queries: Mapping[str, Mapping[str, Any]] | None = None,
+               crop: Crop | Mapping[str, Crop] | None = None) -> LoadHandle:
     """Start open-loop load on worker processes: each of ``workers`` (default: all) runs a generator task with
     its own frontend and an equal share of every session's rate (traces are split round robin). A generator
     prefers its worker but is pinned to no address: if the worker dies before it starts, another runs it.
@@ -351,6 +354,11 @@ def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, 
 
     ``routes_or_frontend_config`` is a ``Frontend`` (its routes are reused), or a dict ``{"routes", "sessions",
     "coalesce_ms"?, "max_coalesce"?}`` in the form ``Frontend.set_routes`` takes.
+
+    ``rates`` may name queries of ``queries`` (``controller.query_routes``), driven with ``crop`` as in
+    ``run_load`` (a crop must pickle); each generator publishes its queries' windows to the scheduler's metadata
+    (``query_stats.QUERY_STATS_KEY``) every second, where a controller's ``state()`` reads them. The stage
+    budgets are those of ``queries`` at start; the routes follow re-plans.
     """
     if kind not in KINDS:
         raise ValueError(f"kind: must be one of {KINDS}, got {kind!r}")
@@ -361,13 +369,18 @@ def start_load(client: Any, routes_or_frontend_config: Any, rates: Mapping[str, 
         cfg = {**cfg.routes_config(), "coalesce_ms": cfg.coalesce_s * 1000.0, "max_coalesce": cfg.max_coalesce}
         follow = True if follow is None else follow
     if isinstance(cfg, Mapping) and "routes" in cfg and "sessions" in cfg:
+        qs = {q: {"query": dict(v["query"]), "parents": {k: list(p) for k, p in v["parents"].items()}}
+              for q, v in (queries or {}).items()}
+        for v in qs.values():
+            check_query(v["query"], v["parents"])
         plan = _Plan(routes_from_config(cfg), {s: dict(v) for s, v in cfg["sessions"].items()},
-                     float(cfg.get("coalesce_ms", 1.0)), int(cfg.get("max_coalesce", 64)), bool(follow))
+                     float(cfg.get("coalesce_ms", 1.0)), int(cfg.get("max_coalesce", 64)), bool(follow), qs, crop)
     else:
         raise ValueError("routes_or_frontend_config: must be a Frontend or a dict with 'routes' and 'sessions'")
     for s, r in rates.items():
-        if s not in plan.sessions:
-            raise ValueError(f"rates[{s!r}]: unknown session; routed sessions: {sorted(plan.sessions)}")
+        if s not in plan.sessions and s not in (plan.queries or {}):
+            raise ValueError(f"rates[{s!r}]: unknown session or query; routed sessions: {sorted(plan.sessions)},"
+                             f" queries: {sorted(plan.queries or {})}")
         if r < 0:
             raise ValueError(f"rates[{s!r}]: must be >= 0, got {r}")
     gens = list(workers) if workers is not None else sorted(client.scheduler_info()["workers"])

@@ -77,7 +77,7 @@ def profile_module(module: torch.nn.Module, input_shape: Sequence[int], *, devic
                    name: str = "model", dtype: str = "float32", threads: int | None = None,
                    preprocess: Callable[[np.ndarray], Any] | None = None,
                    postprocess: Callable[[np.ndarray], Any] | None = None, safety: float = DEFAULT_SAFETY,
-                   progress: bool = True) -> ModelProfile:
+                   progress: bool | str = True) -> ModelProfile:
     """Measure ``module`` at each batch size and return its profile for batches ``1..max(batches)``.
 
     Each measured batch size runs ``warmup`` untimed passes then ``repeats`` timed ones (``torch.inference_mode``;
@@ -93,10 +93,16 @@ def profile_module(module: torch.nn.Module, input_shape: Sequence[int], *, devic
     uint8 RGB); by default a cast and scale of a uint8 array of the input shape to ``dtype``. Post-processing
     (per request): ``postprocess`` of one output row, by default copying it out of the batch output.
 
-    ``threads`` sets ``torch.set_num_threads`` for the run (restored after). ``progress`` shows a tqdm bar.
+    ``threads`` sets ``torch.set_num_threads`` for the run (restored after). ``progress`` shows a tqdm bar: a notebook's
+    widget inside a kernel, or with ``progress="console"`` always the terminal's, on stderr (a command's stdout
+    carries the profile itself).
     """
     import torch
-    from tqdm.auto import tqdm
+
+    if progress == "console":
+        from tqdm import tqdm
+    else:
+        from tqdm.auto import tqdm
 
     shape = tuple(int(d) for d in input_shape)
     if not shape or min(shape) < 1:
@@ -156,11 +162,11 @@ def profile_module(module: torch.nn.Module, input_shape: Sequence[int], *, devic
                         y = module(x)
                     if isinstance(y, torch.Tensor):
                         out_row = y[0].to("cpu").numpy()
+        # with the same threads: a backend's pre/post threads run single-threaded torch ops as well
+        pre = _measure_pre(shape, dtype, preprocess, int(repeats))
+        post = _measure_post(out_row, postprocess, int(repeats))
     finally:
         torch.set_num_threads(old_threads)
-
-    pre = _measure_pre(shape, dtype, preprocess, int(repeats))
-    post = _measure_post(out_row, postprocess, int(repeats))
     grid = np.arange(1, measured[-1] + 1)
     xs = np.asarray(measured, dtype=np.float64)
     label = _device_label(dev, threads if threads is not None else old_threads)
@@ -202,12 +208,13 @@ def _device_label(dev: Any, threads: int) -> str:
 
 
 def profile_builtin(name: str, device: str = "cpu", batches: Sequence[int] = DEFAULT_BATCHES, repeats: int = 10,
-                    *, warmup: int = 3, threads: int | None = 1, progress: bool = True) -> ModelProfile:
+                    *, warmup: int = 3, threads: int | None = 1, progress: bool | str = True) -> ModelProfile:
     """Profile a model of the zoo (``nexus_lab.models``; also ``<group>.prefix`` / ``<model>.suffix`` parts).
 
     On cpu ``threads`` defaults to 1: the backends run one single-threaded worker per device, so that is the
-    latency they see. Pre-processing is the zoo's image pre-processing (decoded uint8 frame -> normalised input)
-    for image models.
+    latency they see. Pre-processing is the model's image transform of a JPEG-encoded frame (decode, resize,
+    normalise) when it has one, else the zoo's image pre-processing (decoded uint8 frame -> normalised input) for
+    image models; post-processing is its result step (top-k labels, boxes) when it has one.
     """
     from .. import models
 
@@ -218,12 +225,24 @@ def profile_builtin(name: str, device: str = "cpu", batches: Sequence[int] = DEF
     if spec.input_shape is None:
         raise ProfileError(f"{name}: takes any payload (no input shape), so there is nothing to profile")
     pre = None
-    if len(spec.input_shape) == 3 and spec.input_shape[0] == 3 and not name.endswith(".suffix"):
+    if spec.transform is not None:  # the model takes images: time decoding a JPEG frame and its transform
+        from ..models.imaging import encode_jpeg
+
+        jpegs: dict[int, bytes] = {}  # encoding the frame is the client's work, not the backend's
+
+        def pre(frame: np.ndarray) -> np.ndarray:
+            data = jpegs.get(id(frame))
+            if data is None:
+                data = jpegs[id(frame)] = encode_jpeg(frame)
+                spec.transform.apply(data)  # warm-up: lazy imports, first-call allocations
+            return spec.transform.apply(data)
+    elif len(spec.input_shape) == 3 and spec.input_shape[0] == 3 and not name.endswith(".suffix"):
         def pre(frame: np.ndarray) -> np.ndarray:
             return models.preprocess_image(name, frame)
     dev = resolve_torch_device(device)  # a bad device fails before the model is built
     module = models.build(name, dev)
     return profile_module(module, spec.input_shape, device=device, batches=batches, repeats=repeats, warmup=warmup,
                           name=name, dtype=spec.dtype, threads=threads if dev.type == "cpu" else None,
-                          preprocess=pre, postprocess=spec.postprocess, progress=progress)
+                          preprocess=pre, postprocess=spec.post.apply if spec.post is not None else spec.postprocess,
+                          progress=progress)
 

@@ -1,99 +1,99 @@
-"""Query DAGs at run time: each stage's requests go through any ``submit_many`` (a frontend's, usually) with the
-deadline the plan's stage budgets give them; a child stage gets one request per item its parent detected.
+"""Query DAGs at run time (docs/architecture.md, "Query execution"): ``start_query`` runs one frame of a query as
+an asynchronous DAG on a frontend's event loop (``query_frames``) and hands back a future of its result; ``aquery``
+awaits it from asyncio code; ``start_queries`` starts many frames at once. Crops turn a parent's output into its
+children's inputs: ``crop_boxes`` (one child per detected box) or ``FanoutCrop`` (a seeded Poisson number of children
+per item, for simulated devices, as the simulator draws them).
 """
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from .pending import LOST_GRACE_S
-from .results import Dropped, RequestFailed
+from .query_frames import Crop, FrameResult, QueryShape, check_query, launch_frame
 
-__all__ = ["SubmitMany", "crop_boxes", "run_query"]
-
-#: ``submit_many(session, payloads, *, deadline=None) -> [Future]``, as ``Frontend.submit_many``.
-SubmitMany = Callable[..., list[concurrent.futures.Future]]
+__all__ = ["Crop", "FanoutCrop", "FrameResult", "QueryShape", "aquery", "crop_boxes",
+           "start_queries", "start_query"]
 
 
-def run_query(submit_many: SubmitMany, query: dict[str, Any], payload: Any, *, parents: dict[str, str | None],
-              crop: Callable[[Any, Any, str], list[Any]] | None = None, timeout_s: float | None = None
-              ) -> dict[str, Any]:
-    """Run a query DAG for one input: each root stage on ``payload``, then each child stage once per item its
-    parent detected (the fan-out), each stage with the deadline its plan budget gives it.
+def start_query(frontend: Any, query: Mapping[str, Any], parents: Mapping[str, Sequence[str]], frame: Any, *,
+                crop: Crop | None = None) -> concurrent.futures.Future:
+    """Start one frame of ``query`` on ``frontend`` (from any thread); a future of its result.
 
-    Parameters
-    ----------
-    query : dict
-        The plan's query (``QueryPlan.to_dict()``): ``{"name", "slo_ms", "stages": [{"name", "session",
-        "budget_ms"}]}``, stages in topological order.
-    payload
-        The root stages' input (e.g. one video frame).
-    parents : dict
-        Stage name -> parent stage name (None for roots), from the workload's ``QuerySpec``.
-    crop : callable, optional
-        ``crop(parent_input, parent_output, child_stage) -> list of child inputs``, one per detected item.
-        The default ``crop_boxes`` cuts the boxes a detector returns out of the frame.
-    timeout_s : float, optional
-        Give up waiting after this long (default: the query SLO plus the frontend's grace).
+    ``query`` is the plan's query (``QueryPlan.to_dict()``: ``{"name", "slo_ms", "stages": [{"name", "session",
+    "budget_ms"}]}``), ``parents`` maps every stage to its parent stages (``[]`` for a root; the controller's
+    ``query_routes`` gives both as plain data). Each stage runs as soon as its parents have all answered: the
+    roots on ``frame``, a child once per item ``crop(parent_input, parent_output, child)`` returns (default
+    ``crop_boxes``), a join on the crops of all its parents' items, concatenated in its parents' order. Every
+    request carries the frame's end-to-end stage deadline (``nexus_lab.querytime``).
 
-    Returns
-    -------
-    dict
-        ``{"outputs": {stage: output (roots) or list of outputs, one per item}, "latency_ms", "within_slo",
-        "dropped": {stage: count}, "failed": {stage: [error text]}}``. A stage's dropped or failed items are
-        counted; a dropped root leaves its children empty.
+    The future resolves, never raising for drops or failures, to ``{"query", "outputs": {stage: [output per
+    item]} (the stages that finished), "latency_ms", "within_slo", "ended_by"}``; ``ended_by`` is None, or
+    ``{"stage", "reason", "status": "dropped" | "failed"}`` for the first request that did not succeed (it ends the
+    frame). A ``query``/``parents`` that does not fit raises ``ValueError`` here; a frame a root's input spec
+    refuses sets ``ValueError`` on the future. Every request ends by its deadline plus the frontend's bound, so the
+    future always resolves.
     """
-    stages = list(query["stages"])
-    names = [s["name"] for s in stages]
-    for st in names:
-        if st not in parents:
-            raise ValueError(f"parents: missing stage {st!r} of query {query.get('name')!r}")
-    t0 = time.time()
-    slo_s = float(query["slo_ms"]) / 1000.0
+    return start_queries(frontend, query, parents, [frame], crop=crop)[0]
+
+
+def start_queries(frontend: Any, query: Mapping[str, Any] | QueryShape, parents: Mapping[str, Sequence[str]] | None,
+                  frames: Iterable[Any], *, crop: Crop | None = None) -> list[concurrent.futures.Future]:
+    """``start_query`` for many frames at once (one hand-over to the loop); one future per frame, in order."""
+    shape = check_query(query, parents)
+    frames = list(frames)
     crop = crop or crop_boxes
-    deadline_of: dict[str, float] = {}
-    inputs_of: dict[str, list[Any]] = {}
-    outputs: dict[str, Any] = {}
-    dropped: dict[str, int] = {}
-    failed: dict[str, list[str]] = {}
-    wait = timeout_s if timeout_s is not None else slo_s + LOST_GRACE_S
-    for st in stages:
-        name, parent = st["name"], parents[st["name"]]
-        base = t0 if parent is None else deadline_of[parent]
-        deadline_of[name] = min(base + float(st["budget_ms"]) / 1000.0, t0 + slo_s)
-        if parent is None:
-            items = [payload]
-        else:
-            items = []
-            for p_in, p_out in zip(inputs_of.get(parent, []), _as_list(outputs.get(parent), parents[parent]),
-                                   strict=False):
-                if p_out is not None:
-                    items.extend(crop(p_in, p_out, name))
-        futs = submit_many(st["session"], items, deadline=deadline_of[name]) if items else []
-        results: list[Any] = []
-        for f in futs:
+    t0 = time.time()
+    futs = [concurrent.futures.Future() for _ in frames]
+
+    async def go() -> None:
+        for frame, fut in zip(frames, futs, strict=True):
             try:
-                results.append(f.result(max(0.0, t0 + wait - time.time())))
-            except Dropped:
-                dropped[name] = dropped.get(name, 0) + 1
-                results.append(None)
-            except (RequestFailed, concurrent.futures.TimeoutError) as exc:
-                failed.setdefault(name, []).append(str(exc) or type(exc).__name__)
-                results.append(None)
-        inputs_of[name] = items
-        outputs[name] = results[0] if parent is None and results else results
-    latency = time.time() - t0
-    return {"outputs": outputs, "latency_ms": latency * 1000.0, "within_slo": latency <= slo_s and not failed
-            and not dropped, "dropped": dropped, "failed": failed}
+                launch_frame(frontend, shape, frame, _resolver(fut), crop=crop, arrived=t0)
+            except Exception as exc:  # the frame does not fit a root's input spec, or the frontend closed
+                fut.set_exception(exc)
+
+    frontend.run_on_loop(go())
+    return futs
 
 
-def _as_list(out: Any, grandparent: str | None) -> list[Any]:
-    return [out] if grandparent is None else list(out or [])
+def _resolver(fut: concurrent.futures.Future) -> Callable[[FrameResult], None]:
+    def resolve(result: FrameResult) -> None:
+        if not fut.done():
+            fut.set_result(result)
+
+    return resolve
+
+
+async def aquery(frontend: Any, query: Mapping[str, Any], parents: Mapping[str, Sequence[str]], frame: Any, *,
+                 crop: Crop | None = None) -> FrameResult:
+    """``start_query`` for asyncio code: awaits the frame's result on any event loop."""
+    return await asyncio.wrap_future(start_query(frontend, query, parents, frame, crop=crop))
+
+
+class FanoutCrop:
+    """A crop for devices whose outputs carry no boxes (simulated GPUs): each parent item gets a Poisson(gamma)
+    number of children, gamma per child stage, drawn from a generator seeded with ``seed`` (the simulator's
+    distribution; ``nexus_lab.sim``). Each child's input is its parent's input. Picklable, so a load generator on a
+    worker can use it; not thread-safe (a frontend's loop thread is its only caller)."""
+
+    def __init__(self, gammas: Mapping[str, float], seed: int = 0) -> None:
+        for stage, g in gammas.items():
+            if not (isinstance(g, (int, float)) and 0 <= g < float("inf")):
+                raise ValueError(f"gammas[{stage!r}]: must be a number >= 0, got {g!r}")
+        self.gammas = {s: float(g) for s, g in gammas.items()}
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, parent_input: Any, parent_output: Any, stage: str) -> list[Any]:
+        g = self.gammas.get(stage)
+        if g is None:
+            raise ValueError(f"stage: FanoutCrop has no gamma for stage {stage!r}; known: {sorted(self.gammas)}")
+        return [parent_input] * int(self.rng.poisson(g))
 
 
 def crop_boxes(frame: Any, boxes: Any, stage: str) -> list[Any]:

@@ -4,9 +4,11 @@ Pure and deterministic under a seed: numpy and the planner's data types only; no
 
 How it stays fast (>= 500k simulated requests per wall second): arrivals are generated per session with numpy
 and routed up front (frontend routing depends only on arrival order, never on GPU state), so every GPU is an
-independent event loop over its own queues. A queue is an index range over its sorted arrival array; forming a
-batch is a bisection plus, when the head request would miss its deadline, ``early_drop_sorted`` (O(log n)); one
-event per batch. Latencies and metrics are computed vectorised at the end from the per-batch records.
+independent event loop over its own queues. A plan with queries runs them as DAGs (``dag.py``): their frames are
+generated up front, their other stages' requests appear as parent batches end, and the GPUs advance together.
+A queue is an index range over its sorted arrival array; forming a batch is a bisection plus, when the head
+request would miss its deadline, ``early_drop_sorted`` (O(log n)); one event per batch. Latencies and metrics are
+computed vectorised at the end from the per-batch records.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from ..arrivals import ARRIVAL_KINDS, ArrivalSpec, generate
 from ..planner.plan import Allocation, GpuPlan, Plan
 from ..profiles import BATCH_LATENCIES
 from ..workload import Workload
-from .gpu import baseline, duty_cycle
+from .dag import QueryRun
+from .gpu import GpuLoop, baseline, duty_cycle
 from .metrics import SimResult, outcome_metrics
 from .queues import Queue, normal_draws, resolve_sessions
 from .routing import weighted_round_robin
@@ -75,6 +78,16 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
     ``duration_s`` no more requests arrive and the queues drain, so every request ends served or dropped; metrics
     count the requests arriving in ``[warmup_s, duration_s)``.
 
+    Queries (``plan.queries``) run as DAGs in virtual time (``sim.dag``): frames arrive at the query's rate
+    (``rates[query]``, else the root stage session's rate over its gamma; ``arrivals`` may name the query), each
+    root stage gets one request per frame, and when a request's batch ends (plus its stage's overhead) every
+    child stage gets Poisson(gamma) requests of that frame (a join, Poisson(gamma * its parents' items), once all
+    its parents' requests have ended), drawn from numpy generators seeded by ``seed`` and the stage's session.
+    Every request carries its frame's end-to-end deadline (``querytime.stage_offsets``), so early drop is end to
+    end, and a drop ends the frame. ``result.queries`` gives each query's frames, goodput, attainment and
+    latency percentiles; ``rates`` for non-root stages are ignored (their rate is the fan-out's). Without
+    queries the GPUs run one after another, exactly as before.
+
     Examples
     --------
     >>> from nexus_lab.planner import plan_workload
@@ -101,13 +114,16 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
         raise ValueError("plan.sessions: session names must be unique")
     index = {s.name: s for s in sessions}
     offered = {s.session: float(s.rate) for s in plan.sessions}
+    query_names = [q.name for q in plan.queries]
     for name, r in (rates or {}).items():
-        if name not in offered:
-            raise ValueError(f"rates: unknown session {name!r}; planned sessions: {names}")
+        if name not in offered and name not in query_names:
+            raise ValueError(f"rates: unknown session {name!r}; planned sessions: {names}"
+                             + (f", queries: {query_names}" if query_names else ""))
         if not (isinstance(r, (int, float)) and math.isfinite(r) and r >= 0):
             raise ValueError(f"rates[{name!r}]: must be a finite number >= 0, got {r!r}")
-        offered[name] = float(r)
-    specs = _arrival_specs(arrivals, cv, names)
+        if name in offered:
+            offered[name] = float(r)
+    specs = _arrival_specs(arrivals, cv, names + query_names)
     gpu_index = {g.id: k for k, g in enumerate(plan.gpus)}
     if len(gpu_index) != len(plan.gpus):
         raise ValueError("plan.gpus: GPU ids must be unique")
@@ -131,7 +147,13 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
     queues: list[Queue] = []
     unrouted: list[tuple[int, np.ndarray]] = []
     by_gpu: dict[int, list[Queue]] = {g.id: [] for g in plan.gpus}
+    dag = QueryRun(plan, workload, offered, rates or {}, specs, int(seed), float(duration_s)) if plan.queries else None
     for s in sessions:
+        if dag is not None and s.name in dag.stage_of:
+            for q in dag.queues(s, allocs[s.name], len(queues), measured):
+                queues.append(q)
+                by_gpu[q.gpu].append(q)
+            continue
         if s.members:
             arr = np.empty(0)
         else:
@@ -149,11 +171,18 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
             by_gpu[g.id].append(q)
 
     recs: list[tuple[int, int, int, float, float]] = []
+    loops: list[tuple[int, GpuLoop]] = []
     for k, g in enumerate(plan.gpus):
         qs = by_gpu[g.id]
         draws = normal_draws(np.random.default_rng([int(seed), _DEVICE_STREAM, k]))
+        # A GPU whose queues all hold known arrivals (sessions, query roots) never waits for another: it runs to
+        # the end at once (its generator never yields); the others run together under ``dag.run``.
+        waits = any(q.dynamic for q in qs)
         if g.batching != "duty-cycle":
-            baseline(g, qs[0], recs, draws)
+            loops.append((g.id, baseline(g, qs[0], recs, draws, waits)))
+            if not waits:
+                for _ in loops.pop()[1]:
+                    pass
             continue
         here = {q.sess.name: q for q in qs}
         prefix: dict[str, tuple[Queue, list]] = {}
@@ -166,7 +195,14 @@ def simulate(plan: Plan, workload: Workload, *, duration_s: float = 30.0, seed: 
             for q in qs:
                 if q.sess.name not in prefix and not any(q in ms for _, ms in prefix.values()):
                     q.set_floor(g.duty_cycle_ms / 1000.0)
-        duty_cycle(g, qs, prefix, early_drop, recs, draws, fixed_slots)
+        loops.append((g.id, duty_cycle(g, qs, prefix, early_drop, recs, draws, fixed_slots, waits)))
+        if not waits:
+            for _ in loops.pop()[1]:
+                pass
+    if dag is not None:
+        dag.run(loops)
+        unrouted += dag.unrouted(index)
 
     res = outcome_metrics(plan, sessions, queues, unrouted, recs, float(duration_s), float(warmup_s), trace)
-    return dataclasses.replace(res, batch_latency=batch_latency)
+    queries = dag.metrics(float(warmup_s), float(duration_s)) if dag is not None else {}
+    return dataclasses.replace(res, batch_latency=batch_latency, queries=queries)

@@ -1,13 +1,13 @@
 """The simulator's results: per-session and per-GPU metrics, totals and the optional batch trace.
 
 Plain frozen dataclasses with a JSON-able ``to_dict``, and ``outcome_metrics``, which computes them from the GPUs'
-batch records, vectorised; no Dask types.
+batch records, vectorised; no Dask types. Queries' end-to-end figures (``QueryMetrics``) come from ``dag``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,6 +73,34 @@ class GpuMetrics:
 
 
 @dataclass(frozen=True)
+class QueryMetrics:
+    """One query end to end over the frames born in ``[warmup_s, duration_s)``.
+
+    A frame is good when none of its requests was dropped and every one finished (results back, overheads
+    included) by its birth plus the SLO; ``goodput`` is good frames per second, ``attainment`` their share of
+    the frames (1.0 when none). Latencies run from birth to the last request's result, over the frames that ran
+    whole (``None`` when none did). ``drops`` counts the frames each stage ended by a drop (``drop_reasons``:
+    ``deadline``, early drop, or ``no_route``, a stage without a GPU).
+    """
+
+    offered_rate: float
+    frames: int
+    good: int
+    goodput: float
+    attainment: float
+    latency_p50_ms: float | None
+    latency_p99_ms: float | None
+    drops: Mapping[str, int]
+    drop_reasons: Mapping[str, int]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"offered_rate": self.offered_rate, "frames": self.frames, "good": self.good,
+                "goodput": self.goodput, "attainment": self.attainment, "latency_p50_ms": self.latency_p50_ms,
+                "latency_p99_ms": self.latency_p99_ms, "drops": dict(self.drops),
+                "drop_reasons": dict(self.drop_reasons)}
+
+
+@dataclass(frozen=True)
 class Totals:
     offered_rate: float
     goodput: float
@@ -95,6 +123,7 @@ class SimResult:
     trace: list[BatchRecord] | None = None
     simulated_requests: int = 0  # every request simulated, warm-up and drain included (for throughput figures)
     batch_latency: str = "measured"  # what batches lasted: the profiles' measurements or the planning l(b)
+    queries: Mapping[str, QueryMetrics] = field(default_factory=dict)  # each planned query, end to end
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -104,6 +133,8 @@ class SimResult:
             "gpus": {str(g): m.to_dict() for g, m in self.gpus.items()},
             "totals": self.totals.to_dict(),
         }
+        if self.queries:
+            out["queries"] = {name: m.to_dict() for name, m in self.queries.items()}
         if self.trace is not None:
             out["trace"] = [r.to_dict() for r in self.trace]
         return out

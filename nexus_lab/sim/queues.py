@@ -1,23 +1,26 @@
 """The simulator's view of a plan's sessions and of one session's queue on one GPU.
 
 A queue is an index range over the session's sorted arrival times on that GPU; its numbers come from the profile
-(planned ``l(b)`` for decisions, measured mean and std for how long a batch really lasts).
+(planned ``l(b)`` for decisions, measured mean and std for how long a batch really lasts). A query stage's queue
+also knows each request's frame, and a non-root stage's queue grows as its parents' batches end (``dynamic``).
 """
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from ..batching import FLOOR_SLACK, batch_floor, burst_limit, floor_hold_s
+from ..batching import FLOOR_SLACK, Window, batch_floor, burst_limit, early_drop_sorted, early_drop_window, floor_hold_s
 from ..planner.plan import Allocation, Plan
 from ..planner.prefix import members_of, prefix_profile
 from ..profiles import ModelProfile, clipped_normal, device_spread
 from ..workload import Workload
 
-__all__ = ["Queue", "Session", "normal_draws", "resolve_sessions"]
+__all__ = ["Queue", "Session", "drop_window", "normal_draws", "resolve_sessions"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -45,8 +48,12 @@ class Queue:
         "batch",
         "budget_s",
         "burst_lat",
+        "dag",
+        "dl",
         "dl_np",
+        "dynamic",
         "floor",
+        "frames",
         "gpu",
         "head",
         "hold",
@@ -60,14 +67,22 @@ class Queue:
     )
 
     def __init__(self, qi: int, sess: Session, gpu: int, alloc: Allocation, arrivals: np.ndarray,
-                 measured: bool) -> None:
+                 measured: bool, budget_s: float | None = None, frames: list[int] | None = None,
+                 dynamic: bool = False) -> None:
         self.qi, self.sess, self.gpu, self.alloc = qi, sess, gpu, alloc
         self.arr_np = arrivals
         self.arr = arrivals.tolist()
         self.n = len(self.arr)
         self.head = 0
-        self.budget_s = sess.budget_s
-        self.dl_np = arrivals + sess.budget_s
+        # Device deadlines: arrival + L' for a session (a query's root stage: what its frames' deadline leaves it);
+        # a dynamic queue (a query's inner stage: requests appended as the simulation runs) keeps each one in
+        # ``dl``, from its frame's birth (``querytime``), so they need not be sorted.
+        self.budget_s = sess.budget_s if budget_s is None else budget_s
+        self.dl_np = arrivals + self.budget_s
+        self.dl: list[float] = []
+        self.frames = frames  # a query stage's: the frame of each request
+        self.dynamic = dynamic
+        self.dag: Any = None  # the query run told of each batch (``dag.QueryRun.batch``), None for a session
         self.lat_np = sess.profile.lat_ms / 1000.0
         self.lat = self.lat_np.tolist()
         self.batch = min(int(alloc.batch), sess.profile.max_batch)
@@ -94,6 +109,30 @@ class Queue:
         if sd is None or not sd[batch]:
             return self.run[batch]
         return self.run[batch] + sd[batch] * next(draws)
+
+
+def drop_window(q: Queue, h: int, t: float, batch: int, lat_s: np.ndarray) -> Window:
+    """Early drop at the head ``h`` of ``q`` at time ``t`` over the requests arrived by then: binary search when
+    deadlines are sorted (one session's), the shared scan when not (a query stage's, from frames of several ages)."""
+    end = bisect_right(q.arr, t, h)
+    if not q.dynamic:
+        return early_drop_sorted(q.dl_np, h, end, t, batch, lat_s)
+    return early_drop_window(_Upto(q.dl, end), t, batch, lat_s, start=h)
+
+
+class _Upto:
+    """The first ``n`` items of a list, without a copy (what ``early_drop_window`` reads)."""
+
+    __slots__ = ("items", "n")
+
+    def __init__(self, items: list[float], n: int) -> None:
+        self.items, self.n = items, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> float:
+        return self.items[i]
 
 
 def normal_draws(rng: np.random.Generator) -> Iterator[float]:

@@ -5,6 +5,7 @@ Pure numpy over request counts and weights; no planner, simulator or Dask types.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -43,3 +44,27 @@ def weighted_round_robin(n: int, weights: Sequence[float] | np.ndarray) -> np.nd
     tags = np.concatenate([(np.arange(c) + 0.5) / pi for c, pi in zip(counts, p, strict=True) if c > 0])
     order = np.argsort(tags, kind="stable")[:n]
     return ids[order]
+
+
+class StrideRouter:
+    """``weighted_round_robin`` one request at a time, for requests that appear while the simulation runs (a query
+    stage's children): the k-th call returns the backend of the k-th request, as the batch version would."""
+
+    __slots__ = ("count", "p", "tag")
+
+    def __init__(self, weights: Sequence[float] | np.ndarray) -> None:
+        weighted_round_robin(1, weights)  # the same checks
+        w = np.asarray(weights, dtype=np.float64)
+        if w.sum() <= 0:
+            w = np.ones_like(w)
+        self.p = (w / w.sum()).tolist()
+        self.count = [0] * len(self.p)
+        # backend i's j-th request has the virtual time (j + 1/2) / p_i; a zero weight never gets one
+        self.tag = [0.5 / x if x > 0 else math.inf for x in self.p]
+
+    def __call__(self) -> int:
+        tag = self.tag
+        i = tag.index(min(tag))  # ties to the lower index
+        self.count[i] += 1
+        tag[i] = (self.count[i] + 0.5) / self.p[i]
+        return i

@@ -162,6 +162,8 @@ class Dashboard:
             figures.utilization_update(self.util, names, ages, rows)
         sessions = list(st.get("sessions", []))
         for q in st.get("queries", []):
+            if "end_to_end" in q:  # the query end to end (where the controller measures it), then its stages
+                sessions.append(figures.query_row(q))
             for stage in q.get("stages", []):
                 sessions.append({**stage, "name": stage["session"], "slo_ms": stage.get("budget_ms")})
         self.colors = figures.session_colors([s["name"] for s in sessions], self.colors)
@@ -195,6 +197,11 @@ def _header_html(st: Mapping[str, Any], nvml: list[dict[str, float]] | None) -> 
         parts.append(f"plan age {c['plan_age_s']:.0f} s")
     if att is not None:
         parts.append(f"mean SLO attainment {att:.1%}")
+    for q in st.get("queries", []):
+        e2e = q.get("end_to_end") or {}
+        if e2e.get("slo_attainment") is not None:
+            parts.append(f"{html.escape(str(q['name']))}: {e2e['slo_attainment']:.1%} of frames within "
+                         f"{q.get('slo_ms', 0):.0f} ms (p99 {e2e.get('latency_p99_ms') or 0:.0f} ms)")
     if c.get("paused"):
         parts.append("<span style='color:#d62728'>re-planning paused</span>")
     if st.get("unserved"):

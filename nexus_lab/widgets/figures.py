@@ -230,6 +230,22 @@ def session_bars_update(goodput: go.Figure, latency: go.Figure, drops: go.Figure
         put(tr, finite(d.get(tr.name, 0) for d in drops_of))
 
 
+def query_row(query: Mapping[str, Any]) -> dict[str, Any]:
+    """A query's end-to-end figures (``state()['queries'][i]['end_to_end']``) as a row of the per-session panels,
+    named ``"<query> (end to end)"``: frames/s offered and within the SLO, p50/p99 against the query's SLO, and the
+    frames its stages ended by drop reason (``ended_by`` keys are ``"stage: reason"``; failed stages draw none)."""
+    e2e = query.get("end_to_end") or {}
+    drops: dict[str, int] = {}
+    for why, n in (e2e.get("ended_by") or {}).items():
+        reason = why.rpartition(": ")[2]
+        if reason in DROP_REASONS:
+            drops[reason] = drops.get(reason, 0) + int(n)
+    return {"name": f"{query['name']} (end to end)", "offered_rate": e2e.get("offered_rate"),
+            "goodput": e2e.get("goodput"), "slo_attainment": e2e.get("slo_attainment"),
+            "latency_p50_ms": e2e.get("latency_p50_ms"), "latency_p99_ms": e2e.get("latency_p99_ms"),
+            "slo_ms": query.get("slo_ms"), "drops": drops}
+
+
 def gantt_update(fig: go.Figure, bars: Sequence[Bar], lanes: Sequence[str] | None = None,
                  colors: Mapping[str, str] | None = None) -> None:
     """``lanes``: every GPU's lane, top to bottom (default: those with bars, sorted); ``colors``: session -> colour

@@ -66,6 +66,7 @@ class DutyCycle:
         self.closing = False
         self._on_device = on_device
         self._address = address
+        self.prepost: Any = None  # ``prepost.PrePost``: results made on CPU threads beside the device
 
     async def run(self) -> None:
         """Round after round until closed; an idle backend sleeps until a request (or a retirement) is due."""
@@ -166,4 +167,7 @@ class DutyCycle:
                 group[1].append(r.id)
                 group[2].append(outs[i] if outs is not None and i < len(outs) else None)
             for sink, rids, results in replies.values():
-                sink.complete_ok(rids, results)
+                if self.prepost is None:
+                    sink.complete_ok(rids, results)
+                else:
+                    self.prepost.reply(slot.models[k], sink, rids, results)

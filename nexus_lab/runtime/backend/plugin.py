@@ -21,8 +21,10 @@ from typing import Any
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from ...batching import cpu_pressure
+from ...models.sources import weight_warnings
 from .. import wire
 from .cycle import DutyCycle
+from .prepost import PrePost
 from .queues import SessionQueues
 from .stats import BackendStats, register_metrics, unregister_metrics
 from .streams import StreamSink
@@ -31,6 +33,10 @@ from .table import ModelTable
 logger = logging.getLogger("nexus_lab.backend")
 
 __all__ = ["PRESSURE_INTERVAL_S", "NexusBackend"]
+
+
+def _fail(sink: StreamSink, rid: Any, message: str) -> None:
+    sink.complete(rid, "error", message)
 
 PRESSURE_INTERVAL_S = 1.0  # how often a host-CPU backend checks whether the host's cores are short (``_watch_cpu``)
 _HANDLERS = ("nexus_apply", wire.STREAM_OP, "nexus_stats", "nexus_state", "nexus_configure")
@@ -59,12 +65,16 @@ class NexusBackend(WorkerPlugin):
     inline : bool or None
         Run each batch on the event loop's own thread instead of the device thread. None (default): only when the
         device is the host's CPU, where a device thread overlaps nothing and only adds wake-ups.
+    prepost_threads : int
+        CPU threads beside the device that decode and prepare images and make results (top-k, boxes) for
+        models with a transform or a result step (``prepost``); 0 runs them inline on the event loop.
     """
 
     name = "nexus-backend"
 
     def __init__(self, device: str = "simulated:titan-x-pascal", threads: int = 1, trace_len: int = 2000,
-                 work_conserving: bool = True, batch_floor: bool | None = None, inline: bool | None = None) -> None:
+                 work_conserving: bool = True, batch_floor: bool | None = None, inline: bool | None = None,
+                 prepost_threads: int = 2) -> None:
         if not isinstance(device, str) or not device:
             raise ValueError(f"device: must be a device spec string, got {device!r}")
         if int(threads) < 1:
@@ -77,6 +87,9 @@ class NexusBackend(WorkerPlugin):
         self.work_conserving = bool(work_conserving)
         self.batch_floor = batch_floor
         self.inline = inline
+        if int(prepost_threads) < 0:
+            raise ValueError(f"prepost_threads: must be >= 0 (0: inline), got {prepost_threads}")
+        self.prepost_threads = int(prepost_threads)  # CPU threads decoding images and making results (``prepost``)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def setup(self, worker: Any) -> None:
@@ -85,6 +98,9 @@ class NexusBackend(WorkerPlugin):
 
         self.address = worker.address
         loop = asyncio.get_running_loop()
+        if not self.device_spec.startswith("simulated"):  # torch's first import here, on the loop thread: other
+            import torch  # noqa: F401  plugins (``ModelPlugin``) import it there too, and a concurrent first import
+            # from two threads leaves torch partially initialised in one of them
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="nexus-device")
         self.device = await loop.run_in_executor(self._executor,
                                                  lambda: make_device(self.device_spec, threads=self.threads))
@@ -100,6 +116,7 @@ class NexusBackend(WorkerPlugin):
         self.cycle = DutyCycle(self.table, self.queues, self.stats, on_device,
                                self.inline if self.inline is not None else self.host_cpu, self.work_conserving,
                                self.address)
+        self.prepost = self.cycle.prepost = PrePost(self.prepost_threads)
         self._apply_lock = asyncio.Lock()
         self._streams: set[StreamSink] = set()
         self._tasks = [asyncio.ensure_future(self.cycle.run())]
@@ -120,6 +137,7 @@ class NexusBackend(WorkerPlugin):
             worker.handlers.pop(h, None)
         self._executor.submit(self.device.close)  # after any batch still on the device thread
         self._executor.shutdown(wait=False)
+        self.prepost.close()
         unregister_metrics(self)
 
     # ------------------------------------------------------------------------------------------ handlers
@@ -134,6 +152,7 @@ class NexusBackend(WorkerPlugin):
             error = await self.table.apply(gpu, sessions, version, prefix_groups, profiles, self.queues,
                                            self._floor_on(), self.pressure)
             self.cycle.arrival.set()
+            self.prepost.forget()
             if error is not None:
                 return self.table.reply(error)
             return {**self.table.reply(None), "holds_ms": self._announce_holds()}
@@ -150,12 +169,18 @@ class NexusBackend(WorkerPlugin):
         writer = asyncio.ensure_future(sink.writer())
         beats = asyncio.ensure_future(sink.beats())
         enqueue, arrival = self.queues.enqueue, self.cycle.arrival
+
+        def prepared(rid: Any, session: str, deadline: float, payload: Any, sink: StreamSink) -> None:
+            if enqueue(rid, session, deadline, payload, sink) and not arrival.is_set():
+                arrival.set()
+
         try:
             while not self.cycle.closing:
                 rows = wire.request_rows(await comm.read())
                 if rows is None:
                     break
                 sink.received(len(rows))
+                rows = self.prepost.intake(rows, self._model_of, prepared, _fail, sink)  # images: to the pool
                 for rid, session, deadline, payload in rows:
                     if enqueue(rid, session, deadline, payload, sink) and not arrival.is_set():
                         arrival.set()
@@ -198,7 +223,10 @@ class NexusBackend(WorkerPlugin):
         return {"version": self.table.version, "gpu": self.table.gpu, "sessions": dict(self.queues.sessions),
                 "device": getattr(self.device, "name", self.device_spec), "address": self.address,
                 "loaded": dict(self.table.loaded), "holds_ms": self.table.holds_ms(),
-                "memory_used_mb": float(self.device.memory_used_mb())}
+                "memory_used_mb": float(self.device.memory_used_mb()), "model_warnings": weight_warnings()}
+
+    def _model_of(self, session: str) -> str:
+        return str(self.queues.sessions.get(session, {}).get("model", ""))
 
     # ------------------------------------------------------------------------------------------ batch floor
     def _floor_on(self) -> bool:
