@@ -290,7 +290,10 @@ def test_a_hung_backend_is_failed_over_and_nothing_is_lost(ctl):
             t_unresponsive = next((e["t"] for e in ctl.events() if e["event"] == "unresponsive" and e["t"] >= t_stop
                                    and victim in e["workers"]), None)
             time.sleep(0.05)
-        replan = next((e for e in ctl.events() if e["event"] == "replan" and e["t"] >= t_stop), None)
+        replan, t_wait = None, time.time()  # the re-plan follows the verdict within an epoch poll
+        while replan is None and time.time() - t_wait < 5.0:
+            replan = next((e for e in ctl.events() if e["event"] == "replan" and e["t"] >= t_stop), None)
+            time.sleep(0.05)
         hung_state = ctl.state()
     finally:
         os.kill(pid, signal.SIGCONT)

@@ -27,7 +27,7 @@ from .epoch import EpochLoop, EpochSettings
 from .ingress import Ingress
 from .models import ModelCatalogue
 from .rates import RateMonitor
-from .rpc import ClusterIO, ClusterLost, connected
+from .rpc import ClusterIO, ClusterLost, close_cluster, connected
 from .serving import Serving
 from .state import build_state
 from .stats import aggregate
@@ -415,10 +415,10 @@ class Controller(Serving, Ingress, ModelCatalogue, Autoscale):
         self.stop_serving()
         self._epoch.stop(timeout_s)
         self.frontend.close()
-        if self._owns_client or self._cluster is not None:
+        if self._cluster is not None:  # workers first, then the client and the scheduler
+            close_cluster(self.client, self._cluster, timeout_s)
+        elif self._owns_client:
             self.client.close()
-        if self._cluster is not None:
-            self._cluster.close()
 
     def __enter__(self) -> Controller:
         return self

@@ -21,7 +21,7 @@ from .placement import routes_of
 
 logger = logging.getLogger("nexus_lab.controller")
 
-__all__ = ["META_KEY", "POLL_TIMEOUT_S", "Adopted", "ClusterIO", "ClusterLost", "connected"]
+__all__ = ["META_KEY", "POLL_TIMEOUT_S", "Adopted", "ClusterIO", "ClusterLost", "close_cluster", "connected"]
 
 META_KEY = "nexus_lab-controller"  # scheduler metadata: the workload and plan the backends run (for adoption)
 DEFAULT_DEVICE = "simulated:titan-x-pascal"
@@ -42,6 +42,23 @@ def connected(client: Any, security: Any) -> Any:
     from distributed import Client
 
     return Client(client, security=security, set_as_default=False)
+
+
+def close_cluster(client: Any, cluster: Any, timeout_s: float) -> None:
+    """Close a cluster this process started, its workers first: a scheduler that closes under running workers
+    makes each one log a traceback for its next heartbeat. Workers that do not leave within ``timeout_s`` (or a
+    cluster already lost) are left to the cluster's own close."""
+    import time
+
+    try:
+        cluster.scale(0)
+        deadline = time.monotonic() + timeout_s
+        while client.scheduler_info(n_workers=-1)["workers"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+    except Exception as exc:  # a lost scheduler: nothing to wait for
+        logger.debug("closing the cluster's workers: %s", exc)
+    client.close()
+    cluster.close()
 
 
 @dataclass
