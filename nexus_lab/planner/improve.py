@@ -123,6 +123,20 @@ def whole_gpus(dm: Demand, memory_mb: float) -> tuple[int, float, float, int, fl
     return saturated_batch(p, dm.budget_ms, memory_mb), lat, tput, n, rate - n * tput
 
 
+def residual_piece(dm: Demand, rate: float, big: int, best_lat: float) -> tuple[int, float] | None:
+    """Batch and duty cycle of ``rate`` of a session alone on a shared GPU, as ``efficient_split`` runs a residual
+    (``residual_for``, else back to back at ``b*``'s latency ``best_lat``); None if neither is feasible (the
+    derivation rules it out; checked anyway)."""
+    p = dm.profile
+    b, duty = residual_for(p, dm.budget_ms, rate, big)
+    if int(ceil_batch(rate, duty)) > b or float(p.lat_ms[b]) > duty * (1 + 1e-12):
+        duty = best_lat
+        b = int(ceil_batch(rate, duty))
+    if b > big or float(p.lat_ms[b]) > duty * (1 + 1e-9) or duty + float(p.lat_ms[b]) > dm.budget_ms * (1 + 1e-9):
+        return None
+    return b, duty
+
+
 def efficient_batch(dm: Demand, memory_mb: float) -> int:
     """The batch ``b* <= B`` of highest throughput ``b / l(b)``; ties go to the larger batch.
 
@@ -156,12 +170,10 @@ def efficient_split(demands: Sequence[Demand], memory_mb: float) -> tuple[list[G
         full += [make_gpu([(dm, tput)], lat)] * n
         if r <= s.rate * 1e-9:
             continue
-        b, duty = residual_for(p, dm.budget_ms, r, big)
-        if int(ceil_batch(r, duty)) > b or float(p.lat_ms[b]) > duty * (1 + 1e-12):
-            duty = lat
-            b = int(ceil_batch(r, duty))
-        if b > big or float(p.lat_ms[b]) > duty * (1 + 1e-9) or duty + float(p.lat_ms[b]) > dm.budget_ms * (1 + 1e-9):
+        piece = residual_piece(dm, r, big, lat)
+        if piece is None:
             return None
+        b, duty = piece
         residuals.append(Residual(i, r, b, duty, float(p.lat_ms[b])))
     return full, residuals
 

@@ -21,7 +21,7 @@ import numpy as np
 from .duty_pack import pack_retuned
 from .plan import GpuPlan, PlannedSession
 from .retune import retune
-from .squishy import Demand, Residual, ceil_batch, make_gpu, residual_for, unservable_reason
+from .squishy import Demand, Residual, ceil_batch, make_gpu, unservable_reason
 
 __all__ = ["MAX_GIVE_BACK", "ORDERS", "piece_split", "resplit_candidates", "split_options"]
 
@@ -35,19 +35,6 @@ ALL_ORDERS_MAX = 160
 #: in these orders.
 RETUNED_MAX = 100
 RETUNED_ORDERS = ("banded",)
-
-
-def _piece(dm: Demand, rate: float, big: int, best_lat: float) -> tuple[int, float] | None:
-    """Batch and duty cycle of ``rate`` alone on a GPU, as ``efficient_split`` runs a residual; None if none is
-    feasible (the derivation rules it out; checked anyway)."""
-    p = dm.profile
-    b, duty = residual_for(p, dm.budget_ms, rate, big)
-    if int(ceil_batch(rate, duty)) > b or float(p.lat_ms[b]) > duty * (1 + 1e-12):
-        duty = best_lat
-        b = int(ceil_batch(rate, duty))
-    if b > big or float(p.lat_ms[b]) > duty * (1 + 1e-9) or duty + float(p.lat_ms[b]) > dm.budget_ms * (1 + 1e-9):
-        return None
-    return b, duty
 
 
 def _cheapest(dm: Demand, rate: float, big: int) -> tuple[int, float] | None:
@@ -79,7 +66,7 @@ Options = list[tuple[int, int, float, float, list[tuple[float, int, float, int, 
 def split_options(demands: Sequence[Demand], memory_mb: float) -> Options | None:
     """Every session's ways to split its rate, priced by occupancy; None when the demands are not uniquely named
     or a residual is infeasible (the derivation rules it out)."""
-    from .improve import whole_gpus
+    from .improve import residual_piece, whole_gpus
 
     if len({dm.session.session for dm in demands}) != len(demands):
         return None
@@ -95,7 +82,7 @@ def split_options(demands: Sequence[Demand], memory_mb: float) -> Options | None
             if x <= s.rate * 1e-9:
                 options.append((0.0, 0, 0.0, 0, 0.0))
                 break
-            got = _piece(dm, x / (j + 1), big, lat)
+            got = residual_piece(dm, x / (j + 1), big, lat)
             if got is None and j == 0:
                 return None
             for way in (got, _cheapest(dm, x / (j + 1), big)):
