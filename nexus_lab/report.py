@@ -54,8 +54,21 @@ def metrics_table(sessions: dict[str, dict[str, Any]]) -> str:
     return _table(rows, ["session", "offered/s", "goodput/s", "within SLO", "drops", "p50 ms", "p99 ms"])
 
 
+def query_table(queries: dict[str, dict[str, Any]]) -> str:
+    """One row per query end to end (``SimResult.queries``): frames, goodput, attainment, the stages that ended
+    frames, latency from a frame's birth to its last result."""
+    rows = []
+    for name, q in queries.items():
+        ended = ", ".join(f"{st} {n}" for st, n in sorted(q.get("drops", {}).items()) if n) or "-"
+        rows.append([name, f"{q['offered_rate']:.1f}", f"{q['goodput']:.1f}", f"{q['attainment']:.2%}", ended,
+                     _ms(q.get("latency_p50_ms")), _ms(q.get("latency_p99_ms"))])
+    return _table(rows, ["query", "frames/s", "goodput/s", "within SLO", "ended by", "p50 ms", "p99 ms"])
+
+
 def sim_report(plan: Plan, result: Any) -> str:
     data = result.to_dict()
     util = ", ".join(f"{gid}: {g['utilization']:.0%}" for gid, g in data["gpus"].items())
-    return "\n".join([plan_report(plan), "", f"simulated {data['duration_s']:g} s:",
-                      metrics_table(data["sessions"]), f"GPU utilization: {util}"])
+    out = [plan_report(plan), "", f"simulated {data['duration_s']:g} s:", metrics_table(data["sessions"])]
+    if data.get("queries"):
+        out += ["", "end to end:", query_table(data["queries"])]
+    return "\n".join([*out, f"GPU utilization: {util}"])

@@ -141,3 +141,60 @@ def test_baseline_policies_refuse_workloads_too_large_for_their_quadratic_packin
     with pytest.raises(ValueError, match=r"policy: 'batch-oblivious' plans at most 20000 sessions"):
         plan_workload(wl, "batch-oblivious")
     assert time.perf_counter() - t0 < 1.0  # refused before any packing
+
+
+def _brute_per_request(profile, budget: float, rate: float) -> float:
+    """``min over feasible b of l(b) / min(b, R*(L' - l(b)))``, batch by batch."""
+    best = float("inf")
+    for b in range(1, profile.max_batch + 1):
+        lat = float(profile.lat_ms[b])
+        if 2 * lat > budget:
+            break
+        best = min(best, lat / min(b, rate * (budget - lat) / 1000.0))
+    return best
+
+
+def test_the_rate_aware_bound_is_the_batch_by_batch_minimum():
+    from nexus_lab.bench.planner import random_workload
+
+    wl = random_workload(5, 60)
+    dms = [d for d in demands(wl) if d.budget_ms >= 2 * float(d.profile.lat_ms[1])]
+    assert len(dms) > 40
+    for d in dms:
+        got = per_request_ms(d.profile, np.array([d.budget_ms]), np.inf, np.array([d.session.rate]))[0]
+        assert got == pytest.approx(_brute_per_request(d.profile, d.budget_ms, d.session.rate), rel=1e-9)
+        # never below the rate-blind bound; equal to it for a rate that fills the most efficient batch
+        assert got >= per_request_ms(d.profile, np.array([d.budget_ms]), np.inf)[0] * (1 - 1e-12)
+        fast = per_request_ms(d.profile, np.array([d.budget_ms]), np.inf, np.array([1e9]))[0]
+        assert fast == pytest.approx(per_request_ms(d.profile, np.array([d.budget_ms]), np.inf)[0])
+
+
+@pytest.mark.parametrize("policy", ["nexus", "nexus-greedy"])
+def test_every_piece_of_every_plan_costs_at_least_the_bound(policy):
+    """The validity argument, checked on real plans: each allocation's occupancy ``l(b)/d`` is at least its rate
+    times the per-request bound of its session, so no plan of these sessions can beat the sum."""
+    from nexus_lab.bench.planner import random_workload
+
+    for seed in range(6):
+        wl = random_workload(100 + seed, 40)
+        plan = plan_workload(wl, policy)
+        validate(plan, wl)
+        by_name = {d.session.session: d for d in demands(wl)}
+        for g in plan.gpus:
+            for a in g.allocations:
+                d = by_name[a.session]
+                floor = a.rate * per_request_ms(d.profile, np.array([d.budget_ms]), wl.device.memory_mb,
+                                                np.array([d.session.rate]))[0] / 1000.0
+                assert float(d.profile.lat_ms[a.batch]) / g.duty_cycle_ms >= floor * (1 - 1e-9), (seed, a)
+        assert plan.num_gpus >= plan.lower_bound_gpus
+
+
+def test_a_slow_session_is_bounded_by_its_own_plan():
+    """yolo9000 at 5 req/s and 300 ms cannot fill its most efficient batch: the bound is its plan's occupancy,
+    where the rate-blind ``l(B)/B`` gives 10% less."""
+    wl = load_workload({"sessions": [{"model": "yolo9000", "slo_ms": 300, "rate": 5}]})
+    plan = plan_workload(wl)
+    d = demands(wl)[0]
+    blind = 5 * per_request_ms(d.profile, np.array([d.budget_ms]), np.inf)[0] / 1000.0
+    assert plan.lower_bound_gpus == pytest.approx(plan.gpus[0].occupancy, rel=1e-9)
+    assert blind < 0.92 * plan.lower_bound_gpus

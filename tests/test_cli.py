@@ -102,3 +102,14 @@ def test_non_utf8_file_exits_2(tmp_path, capsys):
     path.write_bytes(b"sessions: []\n# \xe9t\xe9\n")
     assert main(["plan", str(path)]) == 2
     assert "workload: w.yaml is not UTF-8 text (byte 15)" in capsys.readouterr().err
+
+
+def test_simulate_text_report_gives_each_query_end_to_end(capsys):
+    from importlib.resources import files
+
+    demo = files("nexus_lab.workloads") / "demo.yaml"
+    assert main(["simulate", str(demo), "--duration", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "end to end:" in out
+    row = next(line for line in out.splitlines() if line.startswith("traffic "))
+    assert "%" in row and len(row.split()) >= 6

@@ -126,3 +126,106 @@ def test_more_rows_in_flight_than_the_frontend_allows_is_429():
         r = requests.post(srv.url + "/v2/models/cls/infer", data=body, headers=headers, timeout=10)
         assert r.status_code == 429 and "overload" in r.json()["error"] and "at most 1" in r.json()["error"]
         assert requests.get(srv.url + "/v2/health/live", timeout=5).status_code == 200  # no token asked for
+
+
+def test_head_405_and_a_chunked_body_over_the_limit(server):
+    r = requests.head(server.url + "/v2/health/live", timeout=5)
+    assert r.status_code == 200 and r.content == b""
+    r = call(server, "POST", "/v2")
+    assert r.status_code == 405 and "GET" in r.json()["error"]
+    assert call(server, "GET", "/v2/").status_code == 404
+    assert call(server, "GET", "/v2/models//infer").status_code == 404
+
+    def chunks():  # no Content-Length: the limit is checked as the body arrives
+        for _ in range(30):
+            yield b"x" * 10_000
+
+    r = call(server, "POST", "/v2/models/cls/infer", data=chunks())
+    assert r.status_code == 413 and "200000" in r.json()["error"]
+    assert call(server, "GET", "/v2/health/ready").status_code == 200  # the server goes on
+
+
+def test_one_keep_alive_connection_carries_many_answers_whole():
+    """Every response is one write of head and body (``CoalescingTransport``); many in a row on one connection
+    must each arrive whole, with its own id, whatever the status."""
+    import http.client
+    import socket
+
+    with IngressServer() as srv:
+        srv.install({"routes": {"cls": []}, "sessions": {"cls": {"model": "convnet", "slo_ms": 50.0}}})
+        peers = set()
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+        for k in range(30):
+            body, headers = frame_body((1, *zoo.input_spec("convnet").shape), rid=f"q{k}")
+            conn.request("POST", "/v2/models/cls/infer", body=body, headers=headers)
+            peers.add(conn.sock.getsockname())
+            r = conn.getresponse()
+            assert r.status == 503 and "no_route" in json.loads(r.read())["error"]
+            conn.request("GET", "/v2/models/cls")
+            r = conn.getresponse()
+            assert r.status == 200 and json.loads(r.read())["name"] == "cls"
+            peers.add(conn.sock.getsockname())
+        conn.close()
+        assert len(peers) == 1
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=5) as c:  # two requests in one send
+            c.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\nGET /v2/nope HTTP/1.1\r\nHost: x\r\n\r\n")
+            got = b""
+            while got.count(b"HTTP/1.1 ") < 2 or not got.endswith(b"}"):
+                got += c.recv(65536)
+        assert got.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 404 " in got and b"Not Found" in got
+
+
+def test_coalescing_transport_sends_one_turns_writes_as_one():
+    import asyncio
+
+    from nexus_lab.ingress.httpserver import CoalescingTransport
+
+    class Raw:
+        def __init__(self):
+            self.sent, self.closed = [], False
+
+        def write(self, data):
+            self.sent.append(bytes(data))
+
+        def is_closing(self):
+            return self.closed
+
+        def close(self):
+            self.closed = True
+
+        def get_extra_info(self, name):
+            return ("127.0.0.1", 1) if name == "peername" else None
+
+    async def main():
+        raw = Raw()
+        t = CoalescingTransport(raw, asyncio.get_running_loop())
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        t.write(b"body")
+        assert raw.sent == []
+        await asyncio.sleep(0)
+        assert raw.sent == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        t.write(b"last")
+        t.close()  # pending bytes go first
+        assert raw.sent[-1] == b"last" and raw.closed and t.is_closing()
+        t.write(b"late")
+        await asyncio.sleep(0)
+        assert raw.sent[-1] == b"last"  # nothing is written to a closed transport
+        assert t.get_extra_info("peername") == ("127.0.0.1", 1)
+
+    asyncio.run(main())
+
+
+def test_a_frontend_process_runs_in_a_session_of_its_own():
+    """With autogroup scheduling, CPU is shared between sessions first: a frontend in its worker's session got
+    what the worker's forward passes left (docs/architecture.md, "HTTP library")."""
+    import os
+
+    from nexus_lab.ingress.process import spawn, stop
+
+    proc, url = spawn({"name": "fe-session-test", "port": 0}, None)
+    try:
+        assert os.getsid(proc.pid) == proc.pid != os.getsid(0)
+        assert requests.get(url + "/v2/health/live", timeout=5).status_code == 200
+    finally:
+        stop(proc)
+    assert proc.poll() is not None

@@ -71,3 +71,26 @@ def test_refused_and_hung_servers_end_as_errors() -> None:
 
     rep = asyncio.run(main())
     assert rep["statuses"] == {"TimeoutError": rep["offered"]} and rep["p50_ms"] is None
+
+
+def test_requests_wait_for_a_free_connection_and_count_the_wait() -> None:
+    body, headers = binary_infer_body(np.zeros((1, 2), dtype=np.float32))
+    peers = set()
+
+    async def slow(request: web.Request) -> web.Response:
+        peers.add(request.transport.get_extra_info("peername"))
+        await request.read()
+        await asyncio.sleep(0.03)  # two connections serve ~66 req/s: 100 req/s must queue at the client
+        return web.Response(body=b"{}")
+
+    async def main() -> dict:
+        runner, url = await _serve(slow)
+        try:
+            return await drive([url], body, headers, 100.0, 0.5, slo_ms=1000.0, seed=2, connections=2)
+        finally:
+            await runner.cleanup()
+
+    rep = asyncio.run(main())
+    assert rep["statuses"] == {"200": rep["offered"]} and rep["offered"] > 20
+    assert len(peers) <= 2
+    assert rep["p99_ms"] > 60.0  # latency counts from arrival, the wait for a connection included

@@ -80,7 +80,7 @@ def test_binary_sizes_that_do_not_add_up_are_400():
 @pytest.mark.parametrize("doc, field", [
     ({"inputs": []}, "inputs"),
     ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP99", "data": [1]}]}, r"inputs\[0\].datatype"),
-    ({"inputs": [{"name": "x", "shape": [1], "datatype": "BYTES", "data": ["a"]}]}, r"inputs\[0\].datatype"),
+    ({"inputs": [{"name": "x", "shape": [2], "datatype": "BYTES", "data": ["a", 1]}]}, r"inputs\[0\].data: a BYTES"),
     ({"inputs": [{"name": "x", "shape": [-2], "datatype": "FP32", "data": [1]}]}, r"inputs\[0\].shape"),
     ({"inputs": [{"name": "x", "shape": "3", "datatype": "FP32", "data": [1]}]}, r"inputs\[0\].shape"),
     ({"inputs": [{"name": "x", "shape": [3], "datatype": "FP32", "data": [1, 2]}]}, r"inputs\[0\].data"),
@@ -164,3 +164,44 @@ def test_model_table_names_sessions_and_takes_zoo_input_specs():
     assert table["any"].inputs[0].shape == (-1, -1) and table["any"].outputs[0].name == OUTPUT
     meta = model_metadata("cls", table["cls"].inputs, table["cls"].outputs)
     assert meta["inputs"][0]["datatype"] == "FP32" and meta["versions"] == ["1"]
+
+
+def test_a_repeated_binary_header_is_parsed_once_and_gives_the_same_request():
+    from nexus_lab.ingress import protocol
+
+    protocol._LAYOUTS.clear()
+    doc = {"id": "r1", "inputs": [{"name": "a", "shape": [2, 3], "datatype": "FP32",
+                                   "parameters": {"binary_data_size": 24}},
+                                  {"name": "b", "shape": [2], "datatype": "INT64",
+                                   "parameters": {"binary_data_size": 16}}],
+           "outputs": [{"name": "y", "parameters": {"binary_data": True}}]}
+    first = np.arange(6, dtype=np.float32).reshape(2, 3)
+    body, hl = binary_body(doc, first, np.array([7, 8]))
+    a = parse_infer_request(body, hl)
+    assert len(protocol._LAYOUTS) == 1
+    body2, _ = binary_body(doc, first + 10, np.array([1, 2]))  # same header, other tensors
+    b = parse_infer_request(body2, hl)
+    assert len(protocol._LAYOUTS) == 1
+    np.testing.assert_array_equal(b.inputs["a"], first + 10)
+    assert b.inputs["b"].tolist() == [1, 2] and b.inputs["b"].dtype == np.int64
+    assert (b.id, b.outputs, b.binary_all) == (a.id, a.outputs, a.binary_all) == ("r1", {"y": True}, False)
+    b.outputs["z"] = True  # each request owns its tables: the kept layout does not change
+    assert parse_infer_request(body, hl).outputs == {"y": True}
+    with pytest.raises(ProtocolError, match="malformed binary data"):  # same header, short body: checked in full
+        parse_infer_request(body[:-8], hl)
+    json_only = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}]}).encode()
+    parse_infer_request(json_only)
+    parse_infer_request(json_only, str(len(json_only)))  # JSON data: nothing kept
+    assert len(protocol._LAYOUTS) == 1
+
+
+def test_kept_layouts_are_bounded():
+    from nexus_lab.ingress import protocol
+
+    protocol._LAYOUTS.clear()
+    for k in range(protocol.LAYOUTS_KEPT + 20):
+        body, hl = binary_body({"id": f"r{k}", "inputs": [{"name": "a", "shape": [1], "datatype": "FP32",
+                                                         "parameters": {"binary_data_size": 4}}]},
+                               np.zeros(1, np.float32))
+        assert parse_infer_request(body, hl).id == f"r{k}"
+    assert len(protocol._LAYOUTS) == protocol.LAYOUTS_KEPT

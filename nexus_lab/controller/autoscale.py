@@ -5,9 +5,11 @@ rising load, given back gracefully when it falls.
 ``interval_s``, works out the GPUs the workload needs (the fewest-GPUs plan of the measured rates, at the rate the
 trend projects ``lookahead_s`` ahead), and decides with ``scale_decision`` (pure: bounds, cool-downs, a fall must
 last ``down_after_s``). Up: ``cluster.scale(n)`` (``LocalCluster``, ``LocalCUDACluster``, any ``SpecCluster``);
-the epoch loop plans onto the workers as they join. Down: the workers that run least are drained first (the
-plan is applied without them: their sessions move and their queues drain before they unload), then
-``retire_workers`` closes them and ``cluster.scale(n)`` forgets them: no request is lost. Without a cluster
+the epoch loop plans onto the workers as they join. Down: the workers that run least are drained first: marked
+draining (``Deployment.drain``), so that no plan or apply puts anything on them again (a user's ``apply`` or an
+edit during the drain included), their sessions move and their queues drain; then ``retire_workers`` closes them
+and ``cluster.scale(n)`` forgets them: no request is lost. A retirement that fails clears the mark (they serve
+again). ``state()["gpus"][i]["draining"]`` shows the mark. Without a cluster
 manager (an external scheduler) it only reports what it would ask for. ``ctl.state()["autoscale"]`` and
 ``ctl.autoscale_state()`` show the target and the actual worker count.
 """
@@ -25,7 +27,7 @@ from ..planner import plan_workload
 
 logger = logging.getLogger("nexus_lab.controller")
 
-__all__ = ["Autoscale", "AutoscalePolicy", "RateTrend", "scale_decision"]
+__all__ = ["Autoscale", "AutoscalePolicy", "RateTrend", "mark_draining", "scale_decision"]
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,21 @@ def scale_decision(needed: int, actual: int, policy: AutoscalePolicy, now: float
             return actual, "scale-down cooling down"
         return want, f"needs {needed} GPUs"
     return actual, "steady"
+
+
+def mark_draining(state: dict[str, Any], draining: set[str] | frozenset[str]) -> None:
+    """Give every worker row of a ``state()`` snapshot ``"draining"`` (True while the worker is drained before
+    it is retired; such a worker runs no part of the plan, so a row is added for it when it has none), and list
+    them in ``state["cluster"]["draining"]``."""
+    rows = state.setdefault("gpus", [])
+    have = {r.get("worker") for r in rows}
+    for w in sorted(set(draining) - have):
+        rows.append({"worker": w, "gpu": None, "duty_cycle_ms": None, "occupancy": None, "utilization": None,
+                     "sessions": [], "allocations": []})
+    rows.sort(key=lambda r: str(r.get("worker")))
+    for r in rows:
+        r["draining"] = r.get("worker") in draining
+    state.setdefault("cluster", {})["draining"] = sorted(draining)
 
 
 class Autoscale:
@@ -195,6 +212,9 @@ class Autoscale:
                     scaler["why"] = f"would ask for {target} workers (no cluster manager): {why}"
                 else:
                     self._scale_to(scaler, target, actual)
+                    if target < actual:  # the windows around a retirement are no trend (the retired workers'
+                        old = scaler["trend"]  # last arrivals go unmeasured, a dip then a "rise"): learn it afresh
+                        scaler["trend"] = RateTrend(old.window_s, old.min_rise)
                     scaler["asked"] = target
                     scaler["last_change"] = time.time()
                     scaler["actions"] += 1
@@ -208,23 +228,34 @@ class Autoscale:
         if target > actual:
             cluster.scale(target)
             return
-        loop = self._epoch  # type: ignore[attr-defined]
-        paused = loop.paused
-        loop.paused = True  # no re-plan may put sessions back on a worker between its drain and its retirement
-        try:
-            victims = self._drain(actual - target)
-            if victims:
-                self.client.retire_workers(workers=victims, close_workers=True, remove=True)  # type: ignore
+        victims = self._drain(actual - target)
+        if not victims:
             cluster.scale(target)
-        finally:
-            loop.paused = paused
+            return
+        dep, io = self._deploy, self.io  # type: ignore[attr-defined]
+        try:
+            retired = self.client.retire_workers(workers=victims, close_workers=True, remove=True)  # type: ignore
+        except Exception as exc:  # they keep running: plan on them again
+            dep.undrain(victims, "drain_failed", error=f"retire_workers: {exc}")
+            self._epoch.request()  # type: ignore[attr-defined]
+            raise
+        left = set(victims) - set(io.workers())
+        failed = set(victims) - left - set(retired or {})
+        if failed:  # the scheduler kept them (e.g. it could not move their data): they serve again
+            dep.undrain(failed, "drain_failed", error="retire_workers did not retire them")
+            self._epoch.request()  # type: ignore[attr-defined]
+        dep.undrain(left, "drain_done")
+        # The manager closes the retired workers' specs; never one still serving in place of one that failed.
+        cluster.scale(actual - (len(victims) - len(failed)))
 
     def _drain(self, count: int) -> list[str]:
-        """Move every session off the ``count`` workers that run least (idle ones first), and return them; the
-        workers are planned around as if unresponsive until they are gone (the caller pauses the epoch loop)."""
-        dep, io, loop = self._deploy, self.io, self._epoch  # type: ignore[attr-defined]
+        """Move every session off the ``count`` workers that run least (idle ones first), and return them. They
+        are marked draining (``Deployment.drain``): every plan and apply, the user's included, leaves them out
+        until they are gone, or until their retirement failed."""
+        dep, io = self._deploy, self.io  # type: ignore[attr-defined]
         current = dep.assignment()
-        workers = io.workers()
+        draining = io.draining
+        workers = [w for w in io.workers() if w not in draining]
 
         def load(w: str) -> tuple:
             g = current.get(w)
@@ -232,17 +263,21 @@ class Autoscale:
             return (sum(float(a["rate"]) for a in allocs), len(allocs), [-ord(c) for c in w])
 
         victims = sorted(workers, key=load)[:count]
-        if any(current.get(w) for w in victims):
-            io.unresponsive = io.unresponsive | set(victims)
-            loop.hung = loop.hung | set(victims)  # not "newly unresponsive" to the loop: no event, no re-plan
-            dep.apply(strict=False)  # their sessions move; their queues drain before they unload
+        if not victims:
+            return []
+        try:
+            busy = dep.drain(victims)  # their sessions move; their queues drain before they go
+        except Exception as exc:
+            dep.undrain(victims, "drain_failed", error=str(exc))
+            self._epoch.request()  # type: ignore[attr-defined]
+            raise
+        if busy:
             # A request sent there just before the routes switched ends within its SLO: let it.
             with dep.lock:
                 wl = self.editor.workload()  # type: ignore[attr-defined]
             slo_s = max([s.slo_ms for s in wl.sessions] + [q.slo_ms for q in wl.queries], default=0.0) / 1000.0
             time.sleep(min(5.0, slo_s + 0.5))
-        if victims:
-            self._event("drained", workers=victims)  # type: ignore[attr-defined]
+        self._event("drained", workers=victims)  # type: ignore[attr-defined]
         return victims
 
     def autoscale_state(self) -> dict[str, Any]:
@@ -271,6 +306,7 @@ class Autoscale:
         def state(self: Any) -> dict[str, Any]:
             out = base(self)
             out["autoscale"] = self.autoscale_state()
+            mark_draining(out, self.io.draining & self._epoch.known_workers)
             return out
 
         state.__doc__, state.__name__, state._autoscale = base.__doc__, "state", True  # type: ignore[attr-defined]

@@ -113,6 +113,32 @@ class Deployment:
             table = dict(self.sessions)
         self.frontend.set_routes(routes, table)
 
+    # ------------------------------------------------------------------------------------------ draining
+    def drain(self, workers: Sequence[str]) -> bool:
+        """Take ``workers`` out of every plan from now on (``ClusterIO.drain``: a user's ``apply``, an edit or the
+        epoch loop alike) and move what they run elsewhere. An apply already under way with them finishes first
+        (one still planning re-plans without them); then the plan is applied without them if they run anything.
+        Returns whether they did (their queues then need time to empty before they go)."""
+        self.io.drain(workers)
+        self._event("draining", workers=sorted(workers))
+        with self._apply_lock:  # wait for an apply that checked its workers before the mark
+            pass
+        with self.lock:
+            busy = any(self.current.get(w) for w in workers)
+        if busy:
+            self.apply(strict=False)
+        else:
+            self.drop_workers(set(workers))
+        return busy
+
+    def undrain(self, workers: Sequence[str] | set[str], event: str, **data: Any) -> set[str]:
+        """Clear ``workers``' draining mark (``event``: ``drain_done`` when they left, ``drain_failed`` when their
+        retirement failed and they serve again); returns those that had it."""
+        had = self.io.undrain(workers)
+        if had:
+            self._event(event, workers=sorted(had), **data)
+        return had
+
     # ------------------------------------------------------------------------------------------ listeners
     def on_plan(self, listener: Callable[[Plan, int], None]) -> Callable[[], None]:
         """Call ``listener(plan, version)`` after every applied plan; returns a function that unsubscribes it."""

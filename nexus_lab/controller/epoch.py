@@ -19,12 +19,12 @@ from typing import Any
 
 from ..planner import PlanInvalid
 from ..planner.api import stage_session
-from ..planner.epoch_plan import epoch_plan
+from ..planner.epoch_plan import epoch_plan, served_rates
 from ..planner.incremental import Band
 from ..workload import WorkloadError
 from .deploy import Deployment
-from .edits import INITIAL_RATE
-from .rates import RateMonitor, moved
+from .edits import INITIAL_RATE, planned_rates
+from .rates import RateMonitor, fanouts, moved
 from .rpc import POLL_TIMEOUT_S, ClusterIO, ClusterLost
 from .stats import arrivals_of, strip_window
 
@@ -143,6 +143,7 @@ class EpochLoop:
         self.io.unresponsive = self.io.unresponsive & set(workers)
         if gone:
             self.deployment.drop_workers(gone)
+            self.deployment.undrain(gone, "drain_done")  # a drained worker is out of the plan until it leaves
         self.collect(workers)
         newly, back = self.io.unresponsive - self.hung, self.hung - self.io.unresponsive
         self.hung = set(self.io.unresponsive)
@@ -164,8 +165,9 @@ class EpochLoop:
         if reason is None:
             # A rise past the threshold re-plans at once; with incremental re-plans a fall does too (the band
             # keeps a session's GPUs until it left it, so the plan does not flap).
-            changed = moved(dep.planned_measured, self.measured_rates(), self.settings.rate_threshold,
-                             up_only=not self.settings.incremental)
+            # A measured query's stages count too: a fan-out that moved loads its stages as a rate does.
+            changed = moved(dep.planned_measured, {**self.measured_rates(), **self._stage_rates()},
+                            self.settings.rate_threshold, up_only=not self.settings.incremental)
             if changed:
                 reason = "rate moved: " + ", ".join(changed)
         if reason is None:
@@ -178,27 +180,32 @@ class EpochLoop:
             if not dep.editor.names():
                 dep.planned_at = time.time()
                 return None
-        decision = self._incremental()
-        if decision is None:
+        applied, decision = self._incremental()
+        if not applied:
             dep.apply(strict=False)  # measured overload is scaled down to the cluster, never refused
         with dep.lock:
             # What the move threshold compares against: the measured rates, without the headroom.
-            dep.planned_measured.update({n: max(r, INITIAL_RATE) for n, r in self.measured_rates().items()})
-        self._event("replan", reason=reason, mode=(decision or {}).get("mode", "scratch"), decision=decision)
+            dep.planned_measured.update({n: max(r, INITIAL_RATE) for n, r in {
+                **self.measured_rates(), **self._stage_rates()}.items()})
+        self._event("replan", reason=reason, mode=decision["mode"] if applied else "scratch", decision=decision)
         return reason
 
-    def _incremental(self) -> dict[str, Any] | None:
+    def _incremental(self) -> tuple[bool, dict[str, Any] | None]:
         """Re-plan from the current plan (``planner.epoch_plan``, the rule the deployment simulator runs too) and
-        apply it; None when it did not (no current plan, queries, or the decision was to plan from scratch: the
-        caller applies a from-scratch plan as before). Each measured session's planned rate becomes what the
-        plan serves it (at least its measured rate; ``1 + headroom`` times it once resized)."""
+        apply it. Returns whether it did, and the decision (``mode``, ``reason``, ...; None when incremental
+        re-plans are off or there is no current plan). When it did not (the decision was to plan from scratch,
+        e.g. for a new or changed query), the caller applies a from-scratch plan as before. Query stages are
+        sessions to the re-plan (their rates: the query's times the fan-outs on the way down, measured ones
+        included), so the band keeps them as any other. Each measured session's planned rate becomes what the
+        plan serves it (at least its measured rate; ``1 + headroom`` times it once resized), a measured query's
+        the entry rate all of its stages' planned rates keep up with (``epoch_plan.served_rates``)."""
         dep = self.deployment
         if not self.settings.incremental:
-            return None
+            return False, None
         with dep.lock:
             previous, wl, measured = dep.plan, dep.editor.workload(), set(dep.editor.measured)
-        if previous is None or wl.queries:
-            return None
+        if previous is None:
+            return False, None
         band = self.settings.band
         need = wl.scaled(1.0 / band.high)  # the rates the sessions need: measured, and declared over the headroom
         try:
@@ -206,15 +213,16 @@ class EpochLoop:
                                   band=band)
         except (ValueError, WorkloadError) as exc:
             logger.info("incremental re-plan skipped: %s", exc)
-            return None
+            return False, {"mode": "scratch", "reason": f"incremental re-plan skipped: {exc}"}
         if decision.mode != "incremental":
-            return None
+            return False, decision.summary()
         plan = decision.plan
-        planned = {s.name: s.rate for s in wl.sessions if s.name in measured}
+        planned = {n: r for n, r in planned_rates(wl).items() if n in measured}
+        served = served_rates(plan, wl)
         with dep.lock:
-            for s in plan.sessions:
-                if s.session in planned:
-                    dep.editor.set_measured(s.session, s.rate / plan.rate_fraction)
+            for name in planned:
+                if name in served:
+                    dep.editor.set_measured(name, served[name])
         try:
             dep.apply(plan, strict=False)
         except (ValueError, WorkloadError, PlanInvalid) as exc:  # the cluster or the workload changed meanwhile
@@ -222,8 +230,8 @@ class EpochLoop:
             with dep.lock:  # the caller plans the measured rates with their headroom, as before
                 for name, rate in planned.items():
                     dep.editor.set_measured(name, rate)
-            return None
-        return decision.summary()
+            return False, {**decision.summary(), "mode": "scratch", "reason": f"incremental plan not applied: {exc}"}
+        return True, decision.summary()
 
     def collect(self, workers: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """Poll every backend's stats window once; keep it in the bounded history and feed the rate monitor."""
@@ -273,7 +281,8 @@ class EpochLoop:
         than the one applied to it: compare what it runs with the plan and repair drift (``Deployment.reconcile``)."""
         dep = self.deployment
         due = time.time() - self._reconciled >= self.settings.epoch_s
-        targets = [w for w in (workers if due else dep.drifted(self._versions)) if w not in self.io.unresponsive]
+        skip = set(self.io.unresponsive) | self.io.draining  # a draining worker finishes its queue, untouched
+        targets = [w for w in (workers if due else dep.drifted(self._versions)) if w not in skip]
         if due:
             self._reconciled = time.time()
         if not targets:
@@ -284,16 +293,22 @@ class EpochLoop:
             self._versions.pop(w, None)  # its next window reports the re-applied version
 
     def _measure_fanout(self) -> None:
-        """Set each measured query's stage fan-outs to the measured ratio of stage to parent arrivals."""
+        """Set each measured query's stage fan-outs to the measured ratio of a stage's arrivals to its parents'
+        (summed over the parents of a join: ``rates.fanouts``)."""
         editor = self.deployment.editor
         for qname in sorted(editor.measured & set(editor.queries)):
-            for st in editor.queries[qname].stages:
-                if len(st.parents) != 1:
-                    continue
-                child = self.monitor.rate(stage_session(qname, st.name))
-                parent = self.monitor.rate(stage_session(qname, st.parents[0]))
-                if child is not None and parent is not None and parent >= INITIAL_RATE and child > 0:
-                    editor.set_measured_gamma(qname, st.name, child / parent)
+            stages = editor.queries[qname].stages
+            rates = {st.name: r for st in stages if (r := self.monitor.rate(stage_session(qname, st.name))) is not None}
+            for stage, gamma in fanouts(stages, rates, floor=INITIAL_RATE).items():
+                editor.set_measured_gamma(qname, stage, gamma)
+
+    def _stage_rates(self) -> dict[str, float]:
+        """Measured arrival rate (req/s) of every stage of every measured query (``query/stage``)."""
+        with self.deployment.lock:
+            editor = self.deployment.editor
+            names = [stage_session(q, st.name) for q in editor.measured & set(editor.queries)
+                     for st in editor.queries[q].stages]
+        return {n: r for n in names if (r := self.monitor.rate(n)) is not None}
 
     def measured_rates(self) -> dict[str, float]:
         """Moving-average arrival rate (req/s) of every session and query whose rate is measured."""

@@ -17,6 +17,15 @@ def _num(x: Any, fmt: str = ".1f") -> str:
     return "–" if x is None else format(float(x), fmt)
 
 
+def _endpoint(frontends: Any) -> str:
+    """The live frontends' URLs (and how many are down), or "not serving"."""
+    if not frontends:
+        return "not serving"
+    live = [escape(str(f.get("url"))) for f in frontends if f.get("alive")]
+    down = len(frontends) - len(live)
+    return ", ".join(live) + (f" ({down} down)" if down else "") if live else f"all {down} frontends down"
+
+
 def render(state: dict[str, Any]) -> str:
     """A small two-column card: cluster facts on the left, GPUs and sessions as tables below."""
     c = state["cluster"]
@@ -29,7 +38,15 @@ def render(state: dict[str, Any]) -> str:
         ("Epoch", f"{c['epoch_s']:g} s, plan v{c['version']}, age {_num(c.get('plan_age_s'), '.0f')} s"
                   + (" (paused)" if c.get("paused") else "")),
         ("Dashboard", dash),
+        ("Endpoint", _endpoint(c.get("frontends"))),
     ]
+    auto = state.get("autoscale")
+    if isinstance(auto, dict):
+        facts.append(("Autoscale", "off" if not auto.get("enabled") else
+                      f"target {auto.get('target')}, {auto.get('actual')} running, {auto.get('needed')} GPUs needed"))
+    for model, why in sorted((c.get("model_warnings") or {}).items()):
+        facts.append(("Warning", f"<span style='color:var(--jp-error-color1, #d62728)'>model {escape(str(model))}: "
+                                 f"{escape(str(why))}</span>"))
     rows = "".join(f"<tr><th style='text-align:left'>{k}</th><td style='text-align:left'>{v}</td></tr>"
                    for k, v in facts)
     gpu_rows = "".join(

@@ -1,12 +1,15 @@
-"""The rate monitor of the epoch loop: a moving average of each session's measured arrival rate.
+"""The rate monitor of the epoch loop: a moving average of each session's measured arrival rate, when one moved
+enough to re-plan, and a query's fan-outs measured from its stages' arrivals.
 
 Pure: fed arrival counts and window lengths by the controller; no clock, no Dask.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+
+from ..workload import StageSpec
 
 
 @dataclass
@@ -82,3 +85,19 @@ def moved(planned: Mapping[str, float], measured: Mapping[str, float], threshold
         if (m - p if up_only else abs(m - p)) > threshold * max(p, floor):
             out.append(s)
     return sorted(out)
+
+
+def fanouts(stages: Sequence[StageSpec], rates: Mapping[str, float], floor: float = 1.0) -> dict[str, float]:
+    """The measured fan-out (gamma) of each non-root stage of a query: its arrival rate over the sum of its
+    parents' (the planner's convention, ``StageSpec``: a stage's rate is gamma times the sum of its parents'
+    rates, so a join's arrivals are measured against all of its parents together). ``rates``: stage name ->
+    measured arrival rate (req/s); a stage is left out until it and every parent are measured, it saw
+    arrivals, and its parents together reach ``floor`` req/s (below it the ratio is noise)."""
+    out: dict[str, float] = {}
+    for st in stages:
+        if not st.parents or st.name not in rates or any(p not in rates for p in st.parents):
+            continue
+        child, parents = float(rates[st.name]), sum(float(rates[p]) for p in st.parents)
+        if child > 0 and parents >= floor:
+            out[st.name] = child / parents
+    return out

@@ -2,7 +2,8 @@
 plugin on a bare cluster, the scheduler metadata a later controller adopts, and reading what the cluster already runs.
 
 The boundary where distributed's failures become the controller's: a worker that does not answer a short poll is
-*unresponsive* (planned around until it answers again), and a scheduler that cannot be reached is ``ClusterLost``.
+*unresponsive* (planned around until it answers again), a worker being retired is *draining* (planned around until
+it is gone), and a scheduler that cannot be reached is ``ClusterLost``.
 Depends on distributed's client only through the object it is given; no planning, no threads of its own.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -81,6 +83,28 @@ class ClusterIO:
         self.client = client
         self.rpc_timeout_s = float(rpc_timeout_s)
         self.unresponsive: set[str] = set()  # workers that stopped answering polls (the epoch loop judges)
+        self._draining: set[str] = set()
+        self._draining_lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------ draining
+    @property
+    def draining(self) -> frozenset[str]:
+        """Workers being drained before they are retired: no plan or apply places anything on them (``usable``
+        leaves them out) until they are gone or their retirement failed (``undrain``)."""
+        with self._draining_lock:
+            return frozenset(self._draining)
+
+    def drain(self, workers: Sequence[str]) -> None:
+        """Mark ``workers`` draining: every plan from now on leaves them out."""
+        with self._draining_lock:
+            self._draining |= set(workers)
+
+    def undrain(self, workers: Sequence[str] | set[str] | frozenset[str]) -> set[str]:
+        """Clear ``workers``' draining mark (they left, or their retirement failed); returns those that had it."""
+        with self._draining_lock:
+            had = self._draining & set(workers)
+            self._draining -= had
+        return had
 
     def lost(self) -> str | None:
         """Why the scheduler cannot be reached, or None while the client is connected."""
@@ -105,8 +129,9 @@ class ClusterIO:
         return sorted(info["workers"])
 
     def usable(self) -> list[str]:
-        """The workers to plan on: every worker but the unresponsive ones."""
-        return [w for w in self.workers() if w not in self.unresponsive]
+        """The workers to plan on: every worker but the unresponsive and the draining ones."""
+        out = set(self.unresponsive) | self.draining
+        return [w for w in self.workers() if w not in out]
 
     async def _call_each(self, calls: Mapping[str, tuple[str, dict[str, Any]]], timeout: float) -> dict[str, Any]:
         """Run ``op(**kw)`` on each worker's backend concurrently; an exception is returned in place of a reply."""

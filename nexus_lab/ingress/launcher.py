@@ -16,7 +16,7 @@ from typing import Any
 
 from .app import DEFAULT_MAX_BODY, DEFAULT_MAX_INFLIGHT
 
-__all__ = ["Endpoint", "start_frontends", "stop_frontends"]
+__all__ = ["Endpoint", "restart_frontend", "running_frontends", "start_frontends", "stop_frontends"]
 
 #: The frontends running in this process, by name (a worker's ``client.run`` finds them here).
 _SERVERS: dict[str, Any] = {}
@@ -74,6 +74,41 @@ def _stop_here(names: Sequence[str], dask_worker: Any = None) -> list[str]:
             _close(srv)
             stopped.append(n)
     return stopped
+
+
+def _running_here(names: Sequence[str], dask_worker: Any = None) -> list[str]:
+    """In a worker: which of the named frontends run here (a child process that has not exited, or a thread's
+    server)."""
+    return [n for n in names if n in _SERVERS and (not hasattr(_SERVERS[n], "poll") or _SERVERS[n].poll() is None)]
+
+
+def running_frontends(client: Any, endpoints: Sequence[Endpoint]) -> set[str]:
+    """The names of ``endpoints`` whose frontend still runs on its worker (one whose worker does not answer counts
+    as running: a worker's death is the scheduler's to see)."""
+    by_worker: dict[str, list[str]] = {}
+    for e in endpoints:
+        by_worker.setdefault(e.worker, []).append(e.name)
+    out: set[str] = set()
+    for w, names in by_worker.items():
+        try:
+            got = client.run(_running_here, names, workers=[w], on_error="return").get(w, names)
+        except Exception:  # no answer: not evidence of a dead frontend
+            got = names
+        out.update(names if isinstance(got, BaseException) else got)
+    return out
+
+
+def restart_frontend(client: Any, endpoint: Endpoint, worker: str, *, host: str, token: str | None,
+                     max_body_bytes: int = DEFAULT_MAX_BODY, max_inflight: int = DEFAULT_MAX_INFLIGHT,
+                     dedicated: bool = True) -> Endpoint:
+    """Start ``endpoint``'s frontend again on ``worker``, under its name and on its port, with the same limits;
+    the new endpoint. Raises ``OSError`` while the port is still taken."""
+    from urllib.parse import urlsplit
+
+    port = urlsplit(endpoint.url).port or 0
+    url, pid = client.run(_start_here, endpoint.name, host, port, token, int(max_body_bytes), int(max_inflight),
+                          bool(dedicated), workers=[worker])[worker]
+    return Endpoint(endpoint.name, worker, url, int(pid))
 
 
 def start_frontends(client: Any, workers: Sequence[str], *, host: str = "127.0.0.1", port: int = 0,

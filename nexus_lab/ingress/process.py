@@ -33,8 +33,12 @@ def _security_fields(security: Any) -> dict[str, Any] | None:
 def spawn(config: dict[str, Any], security: Any, timeout_s: float = 60.0) -> tuple[subprocess.Popen, str]:
     """Start a frontend process with ``config`` (``IngressServer``'s keywords, JSON-able) and ``security``; its
     process and URL once it listens. Raises ``OSError`` (it could not listen) or ``RuntimeError``."""
+    # A session of its own (setsid), as the workers have: with the kernel's autogroup scheduling (the default on
+    # desktop and many server kernels) CPU is shared fairly between sessions first, so a frontend left in its
+    # worker's session got only what that worker's forward passes left of one share, and queued requests behind
+    # them; its own session gets its own share. It still exits with its worker (``main`` polls its parent).
     proc = subprocess.Popen([sys.executable, "-m", "nexus_lab.ingress.process"], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdin is not None and proc.stdout is not None
     proc.stdin.write(json.dumps({"config": config, "security": _security_fields(security)}) + "\n")
     proc.stdin.flush()
@@ -77,6 +81,17 @@ def _use_uvloop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _freeze_heap() -> None:
+    """Once listening: move everything alive now (modules, the server, its tables: ~65,000 objects) out of the
+    collector's sight. Each full collection scanned them all: 40-60 ms with the frontend stopped, every few seconds
+    under load, which is where the HTTP path's p99 went; after the freeze ~1 ms (docs/architecture.md, "HTTP
+    library")."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+
+
 def main() -> int:
     from .server import IngressServer
 
@@ -97,6 +112,7 @@ def main() -> int:
         kind = "OSError" if isinstance(exc, OSError) else "other"
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}", "kind": kind}), flush=True)
         return 1
+    _freeze_heap()
     print(json.dumps({"url": srv.url}), flush=True)
     try:
         while not done.wait(PARENT_POLL_S):

@@ -22,19 +22,29 @@ from typing import Any
 
 import numpy as np
 
+from . import bytes_tensors
+
 __all__ = ["DATATYPES", "HEADER", "InferRequest", "ProtocolError", "TensorSpec", "check_inputs", "datatype_of",
-           "encode_error", "encode_infer_response", "model_metadata", "parse_infer_request", "stack_outputs"]
+           "dtype_of", "encode_error", "encode_infer_response", "model_metadata", "parse_infer_request",
+           "stack_outputs"]
 
 #: The binary tensor data extension's header: the length of the JSON part of a body.
 HEADER = "Inference-Header-Content-Length"
 
-#: Protocol datatype -> numpy dtype (little-endian). BYTES (length-prefixed strings) is not a model input here.
+#: Protocol datatype -> numpy dtype (little-endian). BYTES (encoded images in, structured results out) is an
+#: object array of ``bytes`` (``bytes_tensors``).
 DATATYPES: dict[str, np.dtype] = {
     "BOOL": np.dtype("bool"), "UINT8": np.dtype("<u1"), "UINT16": np.dtype("<u2"), "UINT32": np.dtype("<u4"),
     "UINT64": np.dtype("<u8"), "INT8": np.dtype("<i1"), "INT16": np.dtype("<i2"), "INT32": np.dtype("<i4"),
     "INT64": np.dtype("<i8"), "FP16": np.dtype("<f2"), "FP32": np.dtype("<f4"), "FP64": np.dtype("<f8"),
 }
 _NAMES = {dt: name for name, dt in DATATYPES.items()}
+BYTES_DTYPE = np.dtype(object)
+
+
+def dtype_of(datatype: str) -> np.dtype:
+    """The numpy dtype of a protocol datatype (object for BYTES)."""
+    return BYTES_DTYPE if datatype == "BYTES" else DATATYPES[datatype]
 
 
 class ProtocolError(ValueError):
@@ -76,6 +86,8 @@ class InferRequest:
 def datatype_of(dtype: Any) -> str:
     """The protocol datatype of a numpy dtype (``ProtocolError`` for one it has no name for)."""
     dt = np.dtype(dtype)
+    if dt == BYTES_DTYPE:
+        return "BYTES"
     name = _NAMES.get(dt.newbyteorder("<") if dt.byteorder == ">" else dt)
     if name is None:
         raise ProtocolError(f"output datatype: numpy dtype {dt} has no Open Inference Protocol datatype", 500)
@@ -95,23 +107,55 @@ def _shape(value: Any, where: str) -> tuple[int, ...]:
     return tuple(value)
 
 
-def _split_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview]:
-    """The JSON part of a body (parsed) and the binary rest."""
-    view = memoryview(body)
+def _json_length(size: int, header_length: str | None) -> int:
+    """How many bytes of a body of ``size`` are its JSON part (the header's value, checked)."""
     if header_length is None:
-        json_len = len(body)
-    else:
-        try:
-            json_len = int(header_length)
-        except ValueError:
-            raise ProtocolError(f"{HEADER}: must be an integer, got {header_length!r}") from None
-        if not 0 < json_len <= len(body):
-            raise ProtocolError(f"{HEADER}: must be in [1, {len(body)}] (the body's length), got {json_len}")
+        return size
     try:
-        doc = json.loads(bytes(view[:json_len]))
+        json_len = int(header_length)
+    except ValueError:
+        raise ProtocolError(f"{HEADER}: must be an integer, got {header_length!r}") from None
+    if not 0 < json_len <= size:
+        raise ProtocolError(f"{HEADER}: must be in [1, {size}] (the body's length), got {json_len}")
+    return json_len
+
+
+def _loads(head: bytes) -> Any:
+    try:
+        return json.loads(head)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"body: not valid JSON ({exc})") from None
-    return doc, view[json_len:]
+
+
+class _Layout:
+    """What a binary-only JSON header says, parsed once: the id, parameters, each input's name, dtype, shape,
+    offset and size in the binary part, and the outputs asked for. A client sends the same header for every
+    request of one shape (tritonclient, a camera loop), so ``parse_infer_request`` keeps the layouts of recent
+    headers and only slices the next body."""
+
+    __slots__ = ("binary_all", "id", "inputs", "outputs", "params", "size")
+
+    def __init__(self, req: InferRequest, rest_size: int) -> None:
+        self.id, self.binary_all, self.size = req.id, req.binary_all, rest_size
+        self.params, self.outputs = req.parameters, req.outputs
+        offset, inputs = 0, []
+        for name, arr in req.inputs.items():
+            inputs.append((name, arr.dtype, arr.shape, offset, arr.size))
+            offset += arr.nbytes
+        self.inputs = tuple(inputs)
+
+    def request(self, rest: memoryview) -> InferRequest:
+        arrays = {name: np.frombuffer(rest, dtype, count, offset).reshape(shape)
+                  for name, dtype, shape, offset, count in self.inputs}
+        return InferRequest(self.id, arrays, dict(self.outputs), self.binary_all, dict(self.params))
+
+
+#: Layouts of recent binary-only headers, by the header's bytes (at most ``LAYOUTS_KEPT``, each at most
+#: ``LAYOUT_HEAD_MAX`` bytes; the oldest goes first). A memo of a pure function: results are the same with or
+#: without it.
+_LAYOUTS: dict[bytes, _Layout] = {}
+LAYOUTS_KEPT = 256
+LAYOUT_HEAD_MAX = 4096
 
 
 def _tensor(item: dict[str, Any], k: int, rest: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
@@ -121,11 +165,13 @@ def _tensor(item: dict[str, Any], k: int, rest: memoryview, offset: int) -> tupl
         raise ProtocolError(f"{where}.name: must be a non-empty string, got {name!r}")
     shape = _shape(item.get("shape"), f"{where}.shape")
     datatype = item.get("datatype")
-    if datatype == "BYTES" or datatype not in DATATYPES:
-        raise ProtocolError(f"{where}.datatype: must be one of {sorted(DATATYPES)}, got {datatype!r}")
-    dtype = DATATYPES[datatype]
+    if datatype != "BYTES" and datatype not in DATATYPES:
+        raise ProtocolError(f"{where}.datatype: must be one of {sorted([*DATATYPES, 'BYTES'])}, got {datatype!r}")
     count = math.prod(shape)  # Python ints: no overflow, and ~20x cheaper than numpy on a short list
     params = _obj(item.get("parameters", {}), f"{where}.parameters")
+    if datatype == "BYTES":
+        return _bytes_tensor(item, where, name, shape, count, params, rest, offset)
+    dtype = DATATYPES[datatype]
     size = params.get("binary_data_size")
     if size is not None:
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
@@ -152,10 +198,49 @@ def _tensor(item: dict[str, Any], k: int, rest: memoryview, offset: int) -> tupl
     return name, arr.reshape(shape), offset
 
 
+def _bytes_tensor(item: dict[str, Any], where: str, name: str, shape: tuple[int, ...], count: int,
+                  params: dict[str, Any], rest: memoryview, offset: int) -> tuple[str, np.ndarray, int]:
+    """A BYTES input: length-prefixed elements in the binary part, or a list of strings in JSON."""
+    size = params.get("binary_data_size")
+    try:
+        if size is None:
+            if "data" not in item:
+                raise ProtocolError(f"{where}.data: missing (give data, or parameters.binary_data_size with the "
+                                    f"{HEADER} header)")
+            return name, bytes_tensors.from_json(item["data"], count, where).reshape(shape), offset
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError(f"{where}.parameters.binary_data_size: must be an integer >= 0, got {size!r}")
+        if "data" in item:
+            raise ProtocolError(f"{where}: gives both data and parameters.binary_data_size")
+        if offset + size > len(rest):
+            raise ProtocolError(f"{where}.parameters.binary_data_size: {size} bytes from offset {offset}, but the "
+                                f"binary part of the body has {len(rest)} (malformed binary data)")
+        arr = bytes_tensors.decode_binary(rest[offset:offset + size], count, where)
+    except bytes_tensors.BytesError as exc:
+        raise ProtocolError(str(exc)) from None
+    return name, arr.reshape(shape), offset + size
+
+
 def parse_infer_request(body: bytes, header_length: str | None = None) -> InferRequest:
     """Parse an infer body; ``header_length`` is the ``Inference-Header-Content-Length`` header (None: JSON only).
     Binary inputs are read-only views of ``body`` (no copy)."""
-    doc, rest = _split_body(body, header_length)
+    view = memoryview(body)
+    json_len = _json_length(len(body), header_length)
+    head = bytes(view[:json_len])
+    rest = view[json_len:]
+    layout = _LAYOUTS.get(head) if header_length is not None else None
+    if layout is not None and layout.size == len(rest):
+        return layout.request(rest)
+    req, binary_only = _parse(_loads(head), rest)
+    if binary_only and header_length is not None and json_len <= LAYOUT_HEAD_MAX:
+        if len(_LAYOUTS) >= LAYOUTS_KEPT:
+            _LAYOUTS.pop(next(iter(_LAYOUTS)), None)
+        _LAYOUTS[head] = _Layout(req, len(rest))
+    return req
+
+
+def _parse(doc: Any, rest: memoryview) -> tuple[InferRequest, bool]:
+    """The request a parsed JSON part and the binary rest make, and whether every input was binary."""
     doc = _obj(doc, "body")
     rid = doc.get("id")
     if rid is not None and not isinstance(rid, str):
@@ -166,11 +251,13 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         raise ProtocolError("inputs: must be a non-empty list of tensors")
     arrays: dict[str, np.ndarray] = {}
     offset = 0
+    binary_only = True
     for k, item in enumerate(inputs):
         name, arr, offset = _tensor(_obj(item, f"inputs[{k}]"), k, rest, offset)
         if name in arrays:
             raise ProtocolError(f"inputs[{k}].name: {name!r} given twice")
         arrays[name] = arr
+        binary_only = binary_only and "data" not in item and arr.dtype != BYTES_DTYPE  # no layout for BYTES
     if offset != len(rest):
         raise ProtocolError(f"{HEADER}: the binary inputs take {offset} bytes but {len(rest)} follow the JSON "
                             f"(malformed binary data)")
@@ -190,7 +277,7 @@ def parse_infer_request(body: bytes, header_length: str | None = None) -> InferR
         if not isinstance(b, bool):
             raise ProtocolError(f"outputs[{k}].parameters.binary_data: must be true or false, got {b!r}")
         outs[name] = b
-    return InferRequest(rid, arrays, outs, binary_all, params)
+    return InferRequest(rid, arrays, outs, binary_all, params), binary_only
 
 
 def check_inputs(req: InferRequest, specs: Sequence[TensorSpec], model: str, *, batch: int | None = None,
@@ -207,7 +294,7 @@ def check_inputs(req: InferRequest, specs: Sequence[TensorSpec], model: str, *, 
         arr = req.inputs.get(s.name)
         if arr is None:
             raise ProtocolError(f"inputs: missing input {s.name!r} of model {model!r}")
-        if DATATYPES[s.datatype] != arr.dtype:
+        if dtype_of(s.datatype) != arr.dtype:
             raise ProtocolError(f"inputs[{s.name!r}].datatype: model {model!r} takes {s.datatype}, "
                                 f"got {datatype_of(arr.dtype)}")
         if any_rank:
@@ -229,10 +316,15 @@ def check_inputs(req: InferRequest, specs: Sequence[TensorSpec], model: str, *, 
 
 def stack_outputs(rows: Sequence[Any]) -> np.ndarray:
     """One output tensor from per-item results: stacked along a new first axis; items of different shapes (a
-    detector's box lists) are zero-padded to the largest (a zero row is no box)."""
+    detector's box lists) are zero-padded to the largest (a zero row is no box). Structured results (top-k
+    labels, boxes: lists of dicts) are one BYTES element each, their JSON text."""
+    if rows and any(isinstance(r, (list, tuple, dict)) and not _numeric(r) for r in rows):
+        return bytes_tensors.result_elements(rows)
     arrs = [np.asarray(r) for r in rows]
     if not arrs:
         return np.zeros((0,), dtype=np.float32)
+    if len(arrs) == 1:  # one row, the common request: a view, no copy
+        return arrs[0][np.newaxis]
     if all(a.shape == arrs[0].shape for a in arrs):
         return np.stack(arrs)
     if len({a.ndim for a in arrs}) != 1:
@@ -242,6 +334,14 @@ def stack_outputs(rows: Sequence[Any]) -> np.ndarray:
     for k, a in enumerate(arrs):
         out[(k, *(slice(0, s) for s in a.shape))] = a
     return out
+
+
+def _numeric(row: Any) -> bool:
+    """Whether a result row is numbers (a plain nested list of them), not a structure to send as JSON."""
+    try:
+        return np.asarray(row).dtype.kind in "biuf"
+    except (ValueError, TypeError):
+        return False
 
 
 def encode_infer_response(model: str, req: InferRequest, outputs: Mapping[str, np.ndarray],
@@ -259,7 +359,14 @@ def encode_infer_response(model: str, req: InferRequest, outputs: Mapping[str, n
         arr = np.asarray(outputs[name])
         dt = datatype_of(arr.dtype)
         item: dict[str, Any] = {"name": name, "datatype": dt, "shape": list(arr.shape)}
-        if req.binary(name):
+        if dt == "BYTES":
+            if req.binary(name):
+                data = bytes_tensors.encode_binary(arr)
+                item["parameters"] = {"binary_data_size": len(data)}
+                raw.append(data)
+            else:
+                item["data"] = bytes_tensors.to_json(arr)
+        elif req.binary(name):
             data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
             item["parameters"] = {"binary_data_size": len(data)}
             raw.append(data)

@@ -1,6 +1,7 @@
 """The frontend-process side of the endpoint: one ``IngressServer`` is a ``nexus_lab.runtime.frontend.Frontend``
-plus the HTTP app on that frontend's own event loop (a request goes from the socket to the backend's stream with no
-thread hand-off), following the controller's re-plans through the scheduler metadata it publishes.
+plus the HTTP app (``app.InferenceApp`` on uvicorn) on that frontend's own event loop (a request goes from the
+socket to the backend's stream with no thread hand-off), following the controller's re-plans through the scheduler
+metadata it publishes.
 
 Runs in any process that can reach the scheduler: a Dask worker (``launcher``), or the notebook's kernel in tests.
 Routes follow each apply live: ``Frontend.set_routes`` swaps the tables under its lock, requests in flight keep
@@ -23,6 +24,7 @@ from ..runtime.loadgen import FOLLOW_POLL_S
 from ..runtime.results import Dropped, RequestFailed
 from ..runtime.routes import ROUTES_KEY, routes_from_config
 from .app import DEFAULT_MAX_BODY, DEFAULT_MAX_INFLIGHT, Stats, make_app
+from .httpserver import GRACE_S, listen, make_server
 from .models import INPUT, OUTPUT, ModelEntry, model_table
 from .protocol import InferRequest, ProtocolError, stack_outputs
 
@@ -113,7 +115,8 @@ class FrontendService:
         from ..runtime import queries
 
         q = entry.query
-        fut = queries.start_query(self.fe, q["query"], q["parents"], np.array(frame))
+        fut = queries.start_query(self.fe, q["query"], q["parents"],
+                                   frame if isinstance(frame, bytes) else np.array(frame))
         res = await asyncio.wrap_future(fut)
         ended = res.get("ended_by")
         if ended:
@@ -146,7 +149,8 @@ class IngressServer:
         self.stats = Stats()
         self._app = make_app(self.service, token=token, max_body_bytes=max_body_bytes, max_inflight=max_inflight,
                              stats=self.stats)
-        self._runner: Any = None
+        self._server: Any = None
+        self._serving: asyncio.Future | None = None
         self._follower: asyncio.Task | None = None
         self.versions = {"routes": -1, "queries": -1}
         try:
@@ -157,13 +161,16 @@ class IngressServer:
         self.url = f"http://{host}:{self.port}"
 
     async def _start(self, host: str, port: int) -> int:
-        from aiohttp import web
-
-        self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, backlog=1024)
-        await site.start()
-        bound = int(site._server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+        sock = listen(host, port)
+        self._server = make_server(self._app)
+        self._serving = asyncio.ensure_future(self._server.serve(sockets=[sock]))
+        while not self._server.started:  # its listener is up within a loop turn or two
+            if self._serving.done():
+                sock.close()
+                self._serving.result()  # raises what stopped it
+                raise RuntimeError("the HTTP server stopped while starting")
+            await asyncio.sleep(0.005)
+        bound = int(sock.getsockname()[1])
         if self.scheduler_address is not None:
             from distributed.core import rpc
 
@@ -213,8 +220,10 @@ class IngressServer:
                 self._follower.cancel()
                 with contextlib.suppress(BaseException):
                     await self._follower
-            if self._runner is not None:
-                await self._runner.cleanup()
+            if self._serving is not None:
+                self._server.should_exit = True
+                with contextlib.suppress(BaseException):
+                    await asyncio.wait_for(self._serving, GRACE_S + 2.0)
             if self.scheduler_address is not None:
                 with contextlib.suppress(Exception):
                     await self._sched.close_rpc()

@@ -17,7 +17,7 @@ import numpy as np
 
 from .zoo import InputError
 
-__all__ = ["Boxes", "ImageTransform", "TopK", "crop_box", "decode_image", "encode_jpeg"]
+__all__ = ["Boxes", "ImageTransform", "TopK", "crop_box", "decode_image", "encode_jpeg", "image_size"]
 
 
 def decode_image(data: bytes) -> Any:
@@ -44,6 +44,24 @@ def decode_image(data: bytes) -> Any:
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise InputError(f"image: cannot decode as JPEG/PNG: {exc}") from None
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def image_size(image: Any) -> tuple[int, int] | None:
+    """``(height, width)`` of encoded image bytes (read from the header only, nothing decoded) or of an
+    ``H x W x 3`` uint8 frame; None for anything else (e.g. a model's input tensor)."""
+    if isinstance(image, np.ndarray):
+        ok = image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8
+        return (int(image.shape[0]), int(image.shape[1])) if ok else None
+    if not isinstance(image, bytes | bytearray | memoryview) or len(image) == 0:
+        return None
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(bytes(image))) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError, ValueError):
+        return None
+    return int(h), int(w)
 
 
 def encode_jpeg(image: np.ndarray, quality: int = 90) -> bytes:
@@ -73,6 +91,28 @@ class ImageTransform:
         return {"crop": list(self.crop), "resize": self.resize,
                 "mean": None if self.mean is None else list(self.mean),
                 "std": None if self.std is None else list(self.std)}
+
+    def resized_size(self, size: tuple[int, int]) -> tuple[int, int]:
+        """``(h, w)`` of an ``size`` image after the resize step (torchvision's rule: the shorter side becomes
+        ``resize``, the longer one scales and is truncated; no ``resize``: the crop size itself)."""
+        if not self.resize:
+            return int(self.crop[0]), int(self.crop[1])
+        h, w = int(size[0]), int(size[1])
+        r = int(self.resize)
+        return (r, int(r * w / h)) if h <= w else (int(r * h / w), r)
+
+    def box_to_source(self, box: Sequence[float], size: tuple[int, int]) -> list[float]:
+        """A box ``[x1, y1, x2, y2]`` in this transform's output pixels (what a detector fed by it reports) in the
+        pixels of the ``size`` = ``(h, w)`` image it was made from: the centre crop's offset added back, the
+        resize undone. A child stage's crop of the parent's own image uses it."""
+        if len(box) < 4:
+            raise InputError(f"box: expected [x1, y1, x2, y2], got {list(box)!r}")
+        nh, nw = self.resized_size(size)
+        top = round((nh - int(self.crop[0])) / 2.0)  # torchvision's centre-crop offsets
+        left = round((nw - int(self.crop[1])) / 2.0)
+        sx, sy = int(size[1]) / nw, int(size[0]) / nh
+        x1, y1, x2, y2 = (float(v) for v in box[:4])
+        return [(x1 + left) * sx, (y1 + top) * sy, (x2 + left) * sx, (y2 + top) * sy]
 
     def apply(self, payload: Any) -> np.ndarray:
         """One request's payload -> the model's float32 ``3 x h x w`` input. Accepts encoded image bytes, an

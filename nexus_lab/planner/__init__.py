@@ -4,9 +4,9 @@ Pure and deterministic: no Dask, no I/O beyond what the workload loader reads.
 """
 
 from .api import demands, plan_workload, policies, query_budgets, stage_session, validate
-from .bounds import DEFAULT_MAX_GPUS, GpuLimitError, check_bound, gpus_needed
+from .bounds import DEFAULT_MAX_GPUS, GpuLimitError, check_bound, gpus_needed, lower_bound
 from .plan import Allocation, GpuPlan, Plan, PlannedSession, QueryPlan, StageBudget, Unserved
-from .squishy import Demand, lower_bound, squishy_pack
+from .squishy import Demand, squishy_pack
 from .validate import PlanInvalid
 
 __all__ = [

@@ -16,10 +16,10 @@ from ..profiles import ModelProfile
 from ..workload import Workload, stage_session
 from . import prefix as prefix_mod
 from . import query as query_mod
-from .bounds import DEFAULT_MAX_GPUS, GpuLimitError, check_bound, check_max_gpus, format_gpus, gpus_needed
+from .bounds import DEFAULT_MAX_GPUS, GpuLimitError, check_bound, check_max_gpus, format_gpus, gpus_needed, lower_bound
 from .bounds import check_baseline_size as check_size
 from .plan import GpuPlan, Plan, PlannedSession, QueryPlan, StageBudget, Unserved
-from .squishy import Demand, lower_bound, renumber, squishy_pack
+from .squishy import Demand, renumber, squishy_pack
 from .validate import PlanInvalid, plan_violations
 
 Packer = Callable[[Sequence[Demand], float, "int | None"], "tuple[list[GpuPlan], list[Unserved]]"]

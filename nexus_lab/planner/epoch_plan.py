@@ -13,12 +13,13 @@ from functools import partial
 
 from ..workload import Workload, stage_session
 from .api import demands, plan_workload, policies
+from .bounds import lower_bound
 from .incremental import Band, incremental_gpus, model_loads
 from .plan import Plan, QueryPlan, StageBudget
-from .squishy import lower_bound, renumber
+from .squishy import renumber
 from .validate import PlanInvalid
 
-__all__ = ["INCREMENTAL_POLICIES", "EpochDecision", "epoch_plan"]
+__all__ = ["INCREMENTAL_POLICIES", "EpochDecision", "epoch_plan", "served_rates"]
 
 #: Policies the incremental re-plan serves (the duty-cycle packers); the baselines always plan from scratch.
 INCREMENTAL_POLICIES = frozenset({"nexus", "nexus-greedy"})
@@ -46,16 +47,35 @@ class EpochDecision:
 
 
 def _budgets(previous: Plan, workload: Workload) -> dict[str, dict[str, float]] | None:
-    """The query stage budgets of the current plan when it has every query of the workload with its stages (a
-    re-plan keeps each stage's SLO, so its GPUs stay valid); None when a query is new or changed."""
+    """The query stage budgets of the current plan when it has every query of the workload with its stages and
+    their models (a re-plan keeps each stage's SLO, so its GPUs stay valid; only rates and fan-outs moved); None
+    when a query is new or changed."""
     have = {q.name: q for q in previous.queries}
+    models = {s.session: s.model for s in previous.sessions}
     out: dict[str, dict[str, float]] = {}
     for q in workload.queries:
         old = have.get(q.name)
         if old is None or abs(old.slo_ms - q.slo_ms) > 1e-9 or {s.name for s in old.stages} != {
                 s.name for s in q.stages}:
             return None
+        if any(models.get(stage_session(q.name, st.name)) != st.model for st in q.stages):
+            return None
         out[q.name] = {s.name: s.budget_ms for s in old.stages}
+    return out
+
+
+def served_rates(plan: Plan, workload: Workload) -> dict[str, float]:
+    """Per session and query of ``workload``, the largest rate ``plan`` serves in full (before its rate
+    fraction): a session's planned rate; a query's entry rate that every stage's planned rate keeps up with (a
+    stage's rate per unit of entry rate follows from the fan-outs). What the epoch loop records as a measured
+    session's or query's planned rate, so that the plan validates against the workload it then holds."""
+    got = {s.session: s.rate for s in plan.sessions}
+    frac = plan.rate_fraction if plan.rate_fraction > 0 else 1.0
+    out = {s.name: got.get(s.name, s.rate * frac) / frac for s in workload.sessions}
+    for q in workload.queries:
+        unit = replace(q, rate=1.0).stage_rates()
+        out[q.name] = min((got.get(stage_session(q.name, n), q.rate * u * frac) / (u * frac)
+                           for n, u in unit.items() if u > 0), default=q.rate)
     return out
 
 

@@ -7,7 +7,6 @@ seconds (``nexus-lab bench plan-scale``). No Dask, no I/O.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -74,17 +73,6 @@ def residual_for(profile: ModelProfile, budget_ms: float, rate: float, max_b: in
     return b, duty
 
 
-def per_request_ms(profile: ModelProfile, budgets_ms: np.ndarray, memory_mb: float) -> np.ndarray:
-    """Per device budget ``L'``: ``min over b <= B of l(b)/b`` (ms per request), B the largest batch with
-    ``2*l(B) <= L'`` that fits memory (``saturated_batch``); 0 where no batch does."""
-    lat, mem = profile.lat_ms, profile.mem_mb
-    efficiency = np.minimum.accumulate(lat[1:] / np.arange(1, profile.max_batch + 1))
-    mem_cap = int(np.searchsorted(mem[1:], memory_mb * (1 + 1e-12), side="right"))
-    big = np.minimum(np.searchsorted(lat[1:], np.asarray(budgets_ms, dtype=np.float64) / 2.0 * (1 + 1e-12),
-                                     side="right"), mem_cap)
-    return np.where(big >= 1, efficiency[np.maximum(big - 1, 0)], 0.0)
-
-
 def by_profile(demands: Sequence[Demand]) -> list[tuple[ModelProfile, np.ndarray]]:
     """Demand indices grouped by profile (first appearance order), for work vectorised per profile."""
     row: dict[int, int] = {}
@@ -99,21 +87,6 @@ def by_profile(demands: Sequence[Demand]) -> list[tuple[ModelProfile, np.ndarray
     order = np.argsort(codes, kind="stable")
     ends = np.searchsorted(codes[order], np.arange(len(profiles) + 1)).tolist()
     return [(p, order[ends[k]:ends[k + 1]]) for k, p in enumerate(profiles)]
-
-
-def lower_bound(demands: Sequence[Demand], memory_mb: float = math.inf) -> float:
-    """``sum_i R_i * l_i(b_i) / b_i`` with b_i the most efficient batch any valid plan may use.
-
-    Every batch in a valid duty-cycle plan obeys ``l(b) <= d`` and ``d + l(b) <= L``, so ``2*l(b) <= L``: the
-    bound is over b <= B_i. Unservable sessions add nothing. Vectorised per profile, summed in demand order.
-    """
-    rates = np.array([dm.session.rate for dm in demands], dtype=np.float64)
-    budgets = np.array([dm.budget_ms for dm in demands], dtype=np.float64)
-    terms = np.zeros(len(demands))
-    for prof, idx in by_profile(demands):
-        terms[idx] = rates[idx] * per_request_ms(prof, budgets[idx], memory_mb) / 1000.0
-    terms[~(rates > 0)] = 0.0
-    return float(sum(terms.tolist(), 0.0))
 
 
 def unservable_reason(dm: Demand, memory_mb: float) -> str | None:

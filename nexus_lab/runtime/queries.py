@@ -1,8 +1,9 @@
 """Query DAGs at run time (docs/architecture.md, "Query execution"): ``start_query`` runs one frame of a query as
 an asynchronous DAG on a frontend's event loop (``query_frames``) and hands back a future of its result; ``aquery``
 awaits it from asyncio code; ``start_queries`` starts many frames at once. Crops turn a parent's output into its
-children's inputs: ``crop_boxes`` (one child per detected box) or ``FanoutCrop`` (a seeded Poisson number of children
-per item, for simulated devices, as the simulator draws them).
+children's inputs: ``crop_boxes`` (one child per detected box, cut on the child's backend where its model can crop,
+``runtime.crops``) or ``FanoutCrop`` (a seeded Poisson number of children per item, for simulated devices, as the
+simulator draws them).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from typing import Any
 
 import numpy as np
 
+from .crops import BoxCrop, crop_boxes
 from .query_frames import Crop, FrameResult, QueryShape, check_query, launch_frame
 
-__all__ = ["Crop", "FanoutCrop", "FrameResult", "QueryShape", "aquery", "crop_boxes",
+__all__ = ["BoxCrop", "Crop", "FanoutCrop", "FrameResult", "QueryShape", "aquery", "crop_boxes",
            "start_queries", "start_query"]
 
 
@@ -29,7 +31,8 @@ def start_query(frontend: Any, query: Mapping[str, Any], parents: Mapping[str, S
     "budget_ms"}]}``), ``parents`` maps every stage to its parent stages (``[]`` for a root; the controller's
     ``query_routes`` gives both as plain data). Each stage runs as soon as its parents have all answered: the
     roots on ``frame``, a child once per item ``crop(parent_input, parent_output, child)`` returns (default
-    ``crop_boxes``), a join on the crops of all its parents' items, concatenated in its parents' order. Every
+    ``crop_boxes``: a child whose model pre-processes images gets ``{"image", "box"}`` requests and crops on its
+    backend), a join on the crops of all its parents' items, concatenated in its parents' order. Every
     request carries the frame's end-to-end stage deadline (``nexus_lab.querytime``).
 
     The future resolves, never raising for drops or failures, to ``{"query", "outputs": {stage: [output per
@@ -94,23 +97,3 @@ class FanoutCrop:
         if g is None:
             raise ValueError(f"stage: FanoutCrop has no gamma for stage {stage!r}; known: {sorted(self.gammas)}")
         return [parent_input] * int(self.rng.poisson(g))
-
-
-def crop_boxes(frame: Any, boxes: Any, stage: str) -> list[Any]:
-    """One child input per detected box: rows of ``boxes`` are ``(x0, y0, x1, y1, ...)`` in [0, 1] of the frame
-    (the zoo detector's output); each crop is resized (nearest neighbour) back to the frame's own shape so a
-    classifier with the frame's input spec accepts it. Without a frame array, the box rows themselves go on."""
-    arr = np.asarray(boxes)
-    if arr.ndim != 2 or arr.shape[1] < 4:
-        return [] if arr.size == 0 else [arr]
-    if not isinstance(frame, np.ndarray) or frame.ndim < 2:
-        return [row for row in arr]
-    h, w = frame.shape[-2], frame.shape[-1]
-    out = []
-    for x0, y0, x1, y1 in arr[:, :4]:
-        c0, c1 = sorted((int(np.clip(x0, 0, 1) * (w - 1)), int(np.clip(x1, 0, 1) * (w - 1))))
-        r0, r1 = sorted((int(np.clip(y0, 0, 1) * (h - 1)), int(np.clip(y1, 0, 1) * (h - 1))))
-        rows = np.linspace(r0, r1, h).astype(np.int64)
-        cols = np.linspace(c0, c1, w).astype(np.int64)
-        out.append(np.ascontiguousarray(frame[..., rows[:, None], cols[None, :]]))
-    return out

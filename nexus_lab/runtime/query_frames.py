@@ -20,7 +20,9 @@ from ..querytime import plan_stage_timings, stage_deadlines
 
 __all__ = ["Crop", "FrameResult", "QueryShape", "check_query", "launch_frame"]
 
-#: ``crop(parent_input, parent_output, child_stage) -> [child input, ...]``: one child request per item.
+#: ``crop(parent_input, parent_output, child_stage) -> [child input, ...]``: one child request per item. A crop with
+#: a ``for_models(parent_model, child_model, parent_input, parent_output, child_stage)`` method is called through it,
+#: with the stages' models as the frontend routes them (``crops.BoxCrop`` sends crops to a child's backend that way).
 Crop = Callable[[Any, Any, str], Sequence[Any]]
 #: What a frame resolves to: ``{"outputs", "latency_ms", "within_slo", "ended_by"}``.
 FrameResult = dict[str, Any]
@@ -147,14 +149,23 @@ class _Frame:
                 continue
             items: list[Any] = []
             try:
+                by_models = getattr(self.crop, "for_models", None)
+                c_model = None if by_models is None else self.model(child)
                 for p in self.shape.parents[child]:
+                    p_model = None if by_models is None else self.model(p)
                     for p_in, p_out in zip(self.inputs[p], self.outputs[p], strict=True):
-                        items.extend(self.crop(p_in, p_out, child))
+                        items.extend(self.crop(p_in, p_out, child) if by_models is None else
+                                     by_models(p_model, c_model, p_in, p_out, child))
                 self.send(child, items)
             except Exception as exc:  # a crop that raised, or a crop that does not fit the child's input spec
                 self.end(child, "failed", f"{type(exc).__name__}: {exc}")
             if self.on_result is None:
                 return
+
+    def model(self, stage: str) -> str | None:
+        """The model the frontend routes ``stage``'s session to (None where it does not say)."""
+        sessions = getattr(self.frontend, "sessions", None) or {}
+        return (sessions.get(self.shape.sessions[stage]) or {}).get("model")
 
     def end(self, stage: str | None, status: str | None, reason: str | None) -> None:
         cb, self.on_result = self.on_result, None

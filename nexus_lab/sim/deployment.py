@@ -33,10 +33,10 @@ from typing import Any
 import numpy as np
 
 from ..planner.api import demands
+from ..planner.bounds import lower_bound
 from ..planner.epoch_plan import epoch_plan
 from ..planner.incremental import Band, model_loads
 from ..planner.plan import Plan
-from ..planner.squishy import lower_bound
 from ..workload import SessionSpec, Workload, load_workload
 from .engine import simulate
 

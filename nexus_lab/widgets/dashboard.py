@@ -1,4 +1,5 @@
-"""The live dashboard: utilization heatmap, goodput, latency vs SLO, drops, duty-cycle Gantt and placement views.
+"""The live dashboard: utilization heatmap, goodput, latency vs SLO, drops, duty-cycle Gantt and placement views,
+and the service below the header (frontends, autoscaling, models with random weights: ``service_view``).
 
 Reads only the controller's ``ControllerView`` (``state()``, ``current_plan``, ``workload``, ``traces()``,
 ``closed``) from a background thread; holds no scheduling logic and never blocks the kernel.
@@ -19,6 +20,7 @@ import ipywidgets as W
 from ..controller.protocol import ControllerView
 from . import figures
 from .logic import gantt_bars, last_cycles_window, placement_segments
+from .service_view import service_html
 
 logger = logging.getLogger("nexus_lab.widgets")
 
@@ -88,11 +90,12 @@ class Dashboard:
         self.gantt = figures.gantt_figure()
         self.placement = figures.placement_figure()
         self.header = W.HTML()
+        self.service = W.HTML(layout=W.Layout(display="none"))  # shown once there is a service to show
         # One wrapping row: two figures side by side from about 900 px of output, one per row below it, so no
         # width needs a horizontal scrollbar.
         grid = W.Box([self.util, self.placement, self.goodput, self.latency, self.drops, self.gantt],
                      layout=W.Layout(display="flex", flex_flow="row wrap", width="100%"))
-        self.widget = _Box(self, children=[self.header, grid])
+        self.widget = _Box(self, children=[self.header, self.service, grid])
         self.widget.add_class("nexus-dashboard")
         self.widget.dashboard = self
         self.refresh()
@@ -182,6 +185,10 @@ class Dashboard:
             with self.placement.batch_update():
                 figures.placement_update(self.placement, segs, occ, self.colors, by_plan_id)
         self.header.value = _header_html(st, nvml)
+        service = service_html(st)
+        if service != self.service.value:  # a message only when it changed
+            self.service.value = service
+            self.service.layout.display = None if service else "none"
         self.refreshes += 1
 
 

@@ -24,7 +24,7 @@ from ...batching import cpu_pressure
 from ...models.sources import weight_warnings
 from .. import wire
 from .cycle import DutyCycle
-from .prepost import PrePost
+from .prepost import DEFAULT_THREADS, PrePost
 from .queues import SessionQueues
 from .stats import BackendStats, register_metrics, unregister_metrics
 from .streams import StreamSink
@@ -65,16 +65,20 @@ class NexusBackend(WorkerPlugin):
     inline : bool or None
         Run each batch on the event loop's own thread instead of the device thread. None (default): only when the
         device is the host's CPU, where a device thread overlaps nothing and only adds wake-ups.
-    prepost_threads : int
+    prepost_threads : int or None
         CPU threads beside the device that decode and prepare images and make results (top-k, boxes) for
-        models with a transform or a result step (``prepost``); 0 runs them inline on the event loop.
+        models with a transform or a result step (``prepost``); 0 runs them inline on the event loop. None
+        (default): 2 beside a device thread, 0 when batches run inline (the cpu device). There the loop is busy
+        with batch k while the pool decodes what arrived during it, so those requests were queued only after
+        batch k+1 had formed and waited for k+2 (~3 l(b), not the 2 l(b) the plan allows); decoded on the loop
+        right after batch k they make k+1, and the threads had no core of their own to overlap on anyway.
     """
 
     name = "nexus-backend"
 
     def __init__(self, device: str = "simulated:titan-x-pascal", threads: int = 1, trace_len: int = 2000,
                  work_conserving: bool = True, batch_floor: bool | None = None, inline: bool | None = None,
-                 prepost_threads: int = 2) -> None:
+                 prepost_threads: int | None = None) -> None:
         if not isinstance(device, str) or not device:
             raise ValueError(f"device: must be a device spec string, got {device!r}")
         if int(threads) < 1:
@@ -87,9 +91,10 @@ class NexusBackend(WorkerPlugin):
         self.work_conserving = bool(work_conserving)
         self.batch_floor = batch_floor
         self.inline = inline
-        if int(prepost_threads) < 0:
+        if prepost_threads is not None and int(prepost_threads) < 0:
             raise ValueError(f"prepost_threads: must be >= 0 (0: inline), got {prepost_threads}")
-        self.prepost_threads = int(prepost_threads)  # CPU threads decoding images and making results (``prepost``)
+        # CPU threads decoding images and making results (``prepost``); None: by where batches run (``setup``)
+        self.prepost_threads = None if prepost_threads is None else int(prepost_threads)
 
     # ------------------------------------------------------------------------------------------ lifecycle
     async def setup(self, worker: Any) -> None:
@@ -113,10 +118,11 @@ class NexusBackend(WorkerPlugin):
         self.stats = BackendStats(self.trace_len)
         self.queues = SessionQueues(self.stats.arrival, self.stats.drop)
         self.table = ModelTable(self.device, on_device, self.work_conserving)
-        self.cycle = DutyCycle(self.table, self.queues, self.stats, on_device,
-                               self.inline if self.inline is not None else self.host_cpu, self.work_conserving,
+        inline = self.inline if self.inline is not None else self.host_cpu
+        self.cycle = DutyCycle(self.table, self.queues, self.stats, on_device, inline, self.work_conserving,
                                self.address)
-        self.prepost = self.cycle.prepost = PrePost(self.prepost_threads)
+        threads = self.prepost_threads if self.prepost_threads is not None else (0 if inline else DEFAULT_THREADS)
+        self.prepost = self.cycle.prepost = PrePost(threads)
         self._apply_lock = asyncio.Lock()
         self._streams: set[StreamSink] = set()
         self._tasks = [asyncio.ensure_future(self.cycle.run())]

@@ -1,0 +1,103 @@
+"""The endpoint's model metadata gives real output shapes: a zoo net's ``[-1, classes]`` worked out once per model
+(meta tensor) and cached, variable outputs (a detector's boxes, top-k labels, profile-only models) as ``-1``, a
+query's outputs per stage; and over plain HTTP from an ``IngressServer`` with routes installed by hand."""
+
+from __future__ import annotations
+
+import pytest
+import requests
+import torch
+
+from nexus_lab.ingress import models as ingress_models
+from nexus_lab.ingress.models import OUTPUT, model_table, output_item
+from nexus_lab.ingress.server import IngressServer
+from nexus_lab.models import builtin, zoo
+
+
+def test_zoo_classifiers_declare_their_class_count():
+    assert output_item("tiny") == ((10,), "FP32")
+    assert output_item("convnet") == ((builtin.CONVNET_CLASSES,), "FP32")
+    for name, classes in builtin.VARIANTS.items():
+        assert output_item(name) == ((classes,), "FP32")
+        assert output_item(f"{name}.suffix") == ((classes,), "FP32")  # a prefix member answers as its whole model
+
+
+def test_variable_or_unknown_outputs_stay_minus_one():
+    for model in ("detector", "noop", "vgg16", "", "convnet.prefix", "no-such-model", "torchvision:resnet18"):
+        assert output_item(model) is None, model  # boxes per image, any payload, profile only, top-k labels
+    table = model_table({"det": {"model": "detector", "slo_ms": 50}, "sim": {"model": "vgg16", "slo_ms": 50}})
+    assert table["det"].outputs[0].shape == (-1, -1) and table["sim"].outputs[0].shape == (-1, -1)
+
+
+def test_a_registered_net_is_inferred_once_and_cached(monkeypatch):
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 7), torch.nn.Unflatten(1, (7, 1)))
+
+    zoo.register_model("s3c-linear", factory, (3, 4), replace=True)
+    try:
+        table = model_table({"lin": {"model": "s3c-linear", "slo_ms": 20}})
+        assert not calls  # building the table runs nothing: shapes are worked out when metadata asks
+        assert table["lin"].outputs[0].shape == (-1, 7, 1) and table["lin"].outputs[0].name == OUTPUT
+        again = model_table({"lin": {"model": "s3c-linear", "slo_ms": 20}, "lin2": {"model": "s3c-linear"}})
+        assert again["lin2"].outputs[0].shape == (-1, 7, 1) and again["lin"].outputs == table["lin"].outputs
+        assert len(calls) == 1  # once per model and process
+    finally:
+        zoo.unregister_model("s3c-linear")
+        ingress_models._OUTPUTS.pop("s3c-linear", None)
+
+
+def test_a_net_that_fails_on_meta_tensors_runs_once_on_zeros():
+    class NeedsData(torch.nn.Module):
+        def forward(self, x):
+            n = int(x.sum().item() >= 0) + 4  # data-dependent: impossible on the meta device
+            return x.reshape(x.shape[0], -1)[:, :n]
+
+    zoo.register_model("s3c-data", NeedsData, (2, 5), replace=True)
+    try:
+        assert output_item("s3c-data") == ((5,), "FP32")
+    finally:
+        zoo.unregister_model("s3c-data")
+        ingress_models._OUTPUTS.pop("s3c-data", None)
+
+
+def test_a_net_that_cannot_run_is_declared_variable():
+    class Broken(torch.nn.Module):
+        def forward(self, x):
+            raise RuntimeError("no")
+
+    zoo.register_model("s3c-broken", Broken, (2,), replace=True)
+    try:
+        assert output_item("s3c-broken") is None
+        assert model_table({"b": {"model": "s3c-broken"}})["b"].outputs[0].shape == (-1, -1)
+    finally:
+        zoo.unregister_model("s3c-broken")
+        ingress_models._OUTPUTS.pop("s3c-broken", None)
+
+
+def test_query_outputs_are_per_stage():
+    sessions = {"q/detect": {"model": "detector", "slo_ms": 30}, "q/car": {"model": "convnet-cars", "slo_ms": 30}}
+    queries = {"q": {"query": {"slo_ms": 100, "stages": [{"name": "detect", "session": "q/detect"},
+                                                         {"name": "car", "session": "q/car"}]}, "parents": {}}}
+    entry = model_table(sessions, queries)["q"]
+    assert [(o.name, o.shape) for o in entry.outputs] == [("detect", (-1, -1)),
+                                                           ("car", (-1, builtin.VARIANTS["convnet-cars"]))]
+
+
+@pytest.fixture(scope="module")
+def server():
+    with IngressServer() as srv:
+        srv.install({"routes": {"cls": [], "det": []},
+                     "sessions": {"cls": {"model": "convnet", "slo_ms": 50.0},
+                                  "det": {"model": "detector", "slo_ms": 50.0}}})
+        yield srv
+
+
+def test_metadata_over_http_gives_the_output_shape(server):
+    meta = requests.get(server.url + "/v2/models/cls", timeout=30).json()
+    assert meta["outputs"] == [{"name": "output", "datatype": "FP32", "shape": [-1, builtin.CONVNET_CLASSES]}]
+    assert meta["inputs"][0]["shape"] == [-1, *zoo.input_spec("convnet").shape]
+    det = requests.get(server.url + "/v2/models/det", timeout=30).json()
+    assert det["outputs"][0]["shape"] == [-1, -1]
