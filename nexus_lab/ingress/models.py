@@ -51,7 +51,7 @@ class ModelEntry:
         use, then cached per model), ``[-1, -1]`` where it varies (a detector's boxes, labels) or is unknown."""
         out = []
         for name, model in zip(self.output_names, self.output_models, strict=True):
-            if model and _steps(model)[1]:  # top-k labels, boxes: one JSON text per item
+            if _steps(model)[1]:  # top-k labels, boxes: one JSON text per item
                 out.append(TensorSpec(name, "BYTES", (-1,)))
                 continue
             known = output_item(model)
@@ -83,17 +83,24 @@ def output_item(model: str) -> tuple[tuple[int, ...], str] | None:
         return found
 
 
-def _infer_output(model: str) -> tuple[tuple[int, ...], str] | None:
+def _zoo_spec(model: str) -> Any:
+    """The zoo's spec a session of ``model`` serves with: a suffix session its whole model's (it takes the model's
+    input and answers its output); None for a prefix part, an empty name or a model outside the zoo."""
     from ..models import zoo
 
-    part, base = zoo.part_of(model)
+    part, base = zoo.part_of(model) if model else ("prefix", "")
     if part == "prefix":
         return None
     try:
-        spec = zoo.get_model_spec(base)  # a suffix session answers with its whole model's output
+        return zoo.get_model_spec(base)
     except (KeyError, ValueError):
         return None
-    if spec.input_shape is None or spec.passthrough or spec.postprocess is not None or spec.post is not None:
+
+
+def _infer_output(model: str) -> tuple[tuple[int, ...], str] | None:
+    spec = _zoo_spec(model)
+    if (spec is None or spec.input_shape is None or spec.passthrough or spec.postprocess is not None
+            or spec.post is not None):
         return None
     import numpy as np
     import torch
@@ -116,12 +123,8 @@ def _infer_output(model: str) -> tuple[tuple[int, ...], str] | None:
 def _steps(model: str) -> tuple[bool, bool]:
     """Whether ``model`` has an image transform (it takes encoded images) and a result step (it answers
     structured results), from the zoo; (False, False) for models outside it."""
-    from ..models import zoo
-
-    part, base = zoo.part_of(model) if model else ("", "")
-    try:
-        spec = zoo.get_model_spec(base if part == "suffix" else model)
-    except (KeyError, ValueError):
+    spec = _zoo_spec(model)
+    if spec is None:
         return False, False
     return spec.transform is not None, spec.post is not None
 
@@ -129,7 +132,7 @@ def _steps(model: str) -> tuple[bool, bool]:
 def _input(model: str, batch: int) -> tuple[TensorSpec, tuple[int, ...] | None]:
     from ..runtime.wire import input_spec
 
-    if model and _steps(model)[0]:  # an image model: one encoded image (JPEG/PNG bytes) per element
+    if _steps(model)[0]:  # an image model: one encoded image (JPEG/PNG bytes) per element
         return TensorSpec(INPUT, "BYTES", (batch,)), ()
     spec = input_spec(model)
     if spec is None:  # a model without an input spec (simulated, profile only) takes any FP32 tensor
