@@ -94,3 +94,30 @@ def test_requests_wait_for_a_free_connection_and_count_the_wait() -> None:
     assert rep["statuses"] == {"200": rep["offered"]} and rep["offered"] > 20
     assert len(peers) <= 2
     assert rep["p99_ms"] > 60.0  # latency counts from arrival, the wait for a connection included
+
+
+def test_connections_are_opened_before_the_first_arrival() -> None:
+    """A long-lived client holds its pool: the run's first requests do not pay for opening connections."""
+    body, headers = binary_infer_body(np.zeros((1, 2), dtype=np.float32))
+    open_at_first: list[int] = []
+    holder: dict = {}
+
+    async def handler(request: web.Request) -> web.Response:
+        if not open_at_first:
+            open_at_first.append(len(holder["runner"].server.connections))
+        await request.read()
+        return web.Response(body=b"{}")
+
+    async def main(**kw) -> dict:
+        runner, url = await _serve(handler)
+        holder["runner"] = runner
+        try:
+            return await drive([url], body, headers, 20.0, 0.3, slo_ms=500.0, seed=4, **kw)
+        finally:
+            await runner.cleanup()
+
+    rep = asyncio.run(main(preopen=6))
+    assert rep["statuses"] == {"200": rep["offered"]} and open_at_first == [6]
+    open_at_first.clear()
+    asyncio.run(main())  # by default twice rate x SLO: 20 req/s x 0.5 s x 2
+    assert open_at_first == [20]

@@ -8,6 +8,7 @@ import pytest
 pytest.importorskip("torch")
 
 from nexus_lab.bench import real_models as rm
+from nexus_lab.bench.judging import majority_point, meets_slo
 
 PROFILE = {"latency_ms": {1: 50.0, 2: 100.0, 4: 200.0, 8: 400.0}, "std_ms": {1: 0.0, 2: 0.0, 4: 0.0, 8: 0.0},
            "memory_mb": {1: 45.0, 8: 45.0}, "preprocess_ms": {"mean": 2.0, "std": 0.0},
@@ -44,7 +45,7 @@ def test_the_sweep_steps_until_two_misses_then_bisects_below_the_first_miss(monk
     edge = 0.63
     seen: list[float] = []
 
-    def point(ctl, sessions, raw, f, duration_s, payload, procs):
+    def point(ctl, sessions, raw, f, duration_s, payload, procs, run=0):
         seen.append(f)
         if f >= 0.9:
             return {"fraction_of_raw": f, "error": "needs more GPUs"}
@@ -63,6 +64,35 @@ def test_the_sweep_steps_until_two_misses_then_bisects_below_the_first_miss(monk
     assert seen == [0.5, 0.9, 0.7] and best["fraction_of_raw"] == 0.5
     assert [p["raw_around"] for p in points] == [11.0, 10.0, 9.0]
     assert best["goodput_over_raw_around"] == pytest.approx(5.0 / 11.0)
+
+
+def test_a_point_is_judged_by_the_majority_of_its_runs():
+    def runs_of(*attainments):
+        it = iter(attainments)
+        calls = []
+
+        def once():
+            a = next(it)
+            calls.append(a)
+            return {"slo_attainment": a, "goodput": 100.0 * a, "p99_ms": 1.0, "dropped": {}}
+
+        return once, calls
+
+    once, calls = runs_of(1.0, 0.995)  # two passes settle it: the third run is not made
+    p = majority_point(once, 3)
+    assert calls == [1.0, 0.995] and len(p["runs"]) == 2
+    assert p["slo_attainment"] == pytest.approx(0.9975) and p["goodput"] == pytest.approx(99.75)  # medians
+    once, calls = runs_of(0.97, 1.0, 0.98)  # one stall and one pass: the third run decides, against
+    p = majority_point(once, 3)
+    assert calls == [0.97, 1.0, 0.98] and p["slo_attainment"] == 0.98 and not meets_slo(p)
+    assert p["goodput"] == pytest.approx(98.0)
+    once, calls = runs_of(1.0, 0.5, 0.999)  # a lucky or unlucky run alone sets nothing
+    assert meets_slo(majority_point(once, 3))
+    once, calls = runs_of(0.9)
+    assert majority_point(once, 1) == {"slo_attainment": 0.9, "goodput": 90.0, "p99_ms": 1.0, "dropped": {}}
+    with pytest.raises(ValueError, match="runs: must be an odd number"):
+        majority_point(once, 2)
+    assert majority_point(lambda: {"fraction_of_raw": 0.9, "error": "needs more GPUs"}, 3)["error"]
 
 
 def test_plan_ceiling_is_the_planners_rule_on_the_profile():
