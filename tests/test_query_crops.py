@@ -6,6 +6,7 @@ detector's boxes go to a torchvision classifier whose answers are those of the c
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 
 import numpy as np
@@ -116,9 +117,27 @@ def test_a_query_frame_sends_the_crops_to_the_childs_backend(models):
 
 
 @pytest.mark.slow
+def _query_over_http(url: str, jpeg: bytes) -> dict:
+    """Query ``q`` through the endpoint with tritonclient: one JPEG as BYTES; each stage's BYTES output."""
+    import tritonclient.http as httpclient
+
+    client = httpclient.InferenceServerClient(url.removeprefix("http://"), network_timeout=60)
+    try:
+        meta = client.get_model_metadata("q")
+        assert meta["inputs"] == [{"name": "input", "datatype": "BYTES", "shape": [1]}]
+        assert [(o["name"], o["datatype"]) for o in meta["outputs"]] == [("det", "BYTES"), ("cls", "BYTES")]
+        inp = httpclient.InferInput("input", [1], "BYTES")
+        inp.set_data_from_numpy(np.array([jpeg], dtype=object), binary_data=True)
+        res = client.infer("q", [inp])
+        return {name: list(res.as_numpy(name)) for name in ("det", "cls")}
+    finally:
+        client.close()
+
+
 def test_a_detectors_boxes_are_cropped_and_classified_on_the_backend():
     """A detector parent and a classifier child (random weights) on a one-worker cluster: every box of every frame
-    is classified, and each answer is the classifier's on that box's crop made locally from the JPEG."""
+    is classified, and each answer is the classifier's on that box's crop made locally from the JPEG; the same
+    query through the HTTP endpoint, a JPEG as BYTES, answers the same."""
     import nexus_lab
 
     with nexus_lab.start(gpus=1, device="cpu", auto=False) as ctl:
@@ -132,6 +151,10 @@ def test_a_detectors_boxes_are_cropped_and_classified_on_the_backend():
         jpeg = imaging.encode_jpeg(FRAME)
         out = ctl.query("q", jpeg, timeout_s=60)
         raw = ctl.query("q", FRAME, timeout_s=60)  # a uint8 frame travels inside the crop request too
+        http = _query_over_http(ctl.serve()[0], jpeg)
+    # the endpoint's frontend process knows the add_model models as the backends do: the same answers over HTTP
+    assert [d["index"] for d in json.loads(http["det"][0])] == [d["index"] for d in out["outputs"]["det"][0]]
+    assert [json.loads(t)[0]["index"] for t in http["cls"]] == [t[0]["index"] for t in out["outputs"]["cls"]]
     assert out["ended_by"] is None and raw["ended_by"] is None, (out["ended_by"], raw["ended_by"])
     assert len(raw["outputs"]["cls"]) == len(raw["outputs"]["det"][0]) > 0
     dets, tops = out["outputs"]["det"][0], out["outputs"]["cls"]
