@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -100,4 +101,19 @@ def test_an_image_model_takes_jpeg_bytes_and_answers_labels_over_http():
         tensor.set_data_from_numpy(np.zeros((1, 3, 8, 8), dtype=np.float32))
         with pytest.raises(InferenceServerException, match=r"inputs\['input'\]\.datatype: .* takes BYTES"):
             client.infer("cls", [tensor])
+        # a model under a name of its own, added after serve: the running frontend process learns it (it knew
+        # only the built-in zoo, and declared such a model FP32) before the routes that use it
+        ctl.add_model(model, "late", profile={"latency_ms": {1: 30.0, 4: 90.0}, "memory_mb": {1: 60.0, 4: 80.0}})
+        ctl.add_session("late", slo_ms=5000, rate=2, name="late")
+        ctl.apply()
+        meta = None
+        for _ in range(50):
+            try:
+                meta = client.get_model_metadata("late")
+                break
+            except InferenceServerException:  # 404 until the frontend has polled the new routes
+                time.sleep(0.2)
+        assert meta is not None and meta["inputs"] == [{"name": "input", "datatype": "BYTES", "shape": [-1]}]
+        out = client.infer("late", [inp]).as_numpy("output")
+        assert out.shape == (2,) and len(json.loads(out[0])) == 5
         client.close()

@@ -107,7 +107,7 @@ class ModelCatalogue:
 
     def _add_configs(self, configs: list[Any], profile: Any = None) -> list[str]:
         from ..models.repository import RepositoryError, register_config, stored_profiles
-        from ..runtime.backend.model_plugin import ModelPlugin
+        from ..runtime.backend.model_plugin import MODELS_KEY, ModelPlugin, pack_configs
 
         cat = self._catalogue()
         names = []
@@ -121,6 +121,8 @@ class ModelCatalogue:
                 cat[cfg.name] = cfg.to_dict()
             plugin = ModelPlugin(list(cat.values()))
         self.client.register_plugin(plugin)  # every worker now, and every worker that joins later
+        # and every frontend process (no worker plugin reaches it): it registers them as it follows the routes
+        self.client.set_metadata(MODELS_KEY, {"version": time.time_ns(), "configs": pack_configs(plugin.configs)})
         for cfg in configs:
             prof = profile if profile is not None else profile_for_device(stored_profiles(cfg), self.device)
             if prof is not None:

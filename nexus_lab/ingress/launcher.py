@@ -46,10 +46,7 @@ def _start_here(name: str, host: str, port: int, token: str | None, max_body_byt
     if dedicated:
         from .process import spawn
 
-        # the models this worker knows from the controller (repository, ``add_model``): the frontend process
-        # registers them too, so it declares their tensors and crops for them as the backends will
-        plugin = getattr(dask_worker, "plugins", {}).get("nexus-models")
-        proc, url = spawn(kw, dask_worker.security, models=list(getattr(plugin, "configs", ())))
+        proc, url = spawn(kw, dask_worker.security)
         _SERVERS[name] = proc
         return url, proc.pid
     from .server import IngressServer

@@ -3,25 +3,20 @@ shares its interpreter, so parsing HTTP never waits on a forward pass for the GI
 every worker, never sees it. It lives as long as its worker: it exits when its parent does.
 
 ``python -m nexus_lab.ingress.process`` reads one JSON line on stdin (the scheduler address, the cluster's TLS
-material, where to listen, token and limits, and its worker's model configs), prints ``{"url": ...}`` (or
-``{"error": ...}``) on stdout once it listens, then serves until SIGTERM, stdin's end or its parent's death. The
-credentials travel over the pipe only, never argv or the environment.
+material, where to listen, token and limits), prints ``{"url": ...}`` (or ``{"error": ...}``) on stdout once it
+listens, then serves until SIGTERM, stdin's end or its parent's death. The credentials travel over the pipe only,
+never argv or the environment.
 """
 
 from __future__ import annotations
 
-import base64
 import json
-import logging
 import os
 import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
 from typing import Any
-
-import cloudpickle
 
 __all__ = ["spawn", "stop"]
 
@@ -35,12 +30,9 @@ def _security_fields(security: Any) -> dict[str, Any] | None:
             and getattr(security, k, None) is not None}
 
 
-def spawn(config: dict[str, Any], security: Any, timeout_s: float = 60.0, models: Sequence[Any] = ()
-          ) -> tuple[subprocess.Popen, str]:
+def spawn(config: dict[str, Any], security: Any, timeout_s: float = 60.0) -> tuple[subprocess.Popen, str]:
     """Start a frontend process with ``config`` (``IngressServer``'s keywords, JSON-able) and ``security``; its
-    process and URL once it listens. ``models``: model configs (``ModelConfig.to_dict()``, as the worker's
-    ``ModelPlugin`` holds them; a factory travels pickled) it registers first. Raises ``OSError`` (it could not
-    listen) or ``RuntimeError``."""
+    process and URL once it listens. Raises ``OSError`` (it could not listen) or ``RuntimeError``."""
     # A session of its own (setsid), as the workers have: with the kernel's autogroup scheduling (the default on
     # desktop and many server kernels) CPU is shared fairly between sessions first, so a frontend left in its
     # worker's session got only what that worker's forward passes left of one share, and queued requests behind
@@ -48,8 +40,7 @@ def spawn(config: dict[str, Any], security: Any, timeout_s: float = 60.0, models
     proc = subprocess.Popen([sys.executable, "-m", "nexus_lab.ingress.process"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     assert proc.stdin is not None and proc.stdout is not None
-    packed = base64.b64encode(cloudpickle.dumps(list(models))).decode() if models else None
-    proc.stdin.write(json.dumps({"config": config, "security": _security_fields(security), "models": packed}) + "\n")
+    proc.stdin.write(json.dumps({"config": config, "security": _security_fields(security)}) + "\n")
     proc.stdin.flush()
     got: list[str] = []
     reader = threading.Thread(target=lambda: got.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
@@ -101,21 +92,6 @@ def _freeze_heap() -> None:
     gc.freeze()
 
 
-def _register_models(packed: str | None) -> None:
-    """Register the worker's model configs here; one that fails is logged and left out (its requests still reach
-    the backends, which registered it themselves)."""
-    if not packed:
-        return
-    from ..models.repository import RepositoryError, register_config
-
-    for cfg in cloudpickle.loads(base64.b64decode(packed)):
-        try:
-            register_config(cfg)
-        except (RepositoryError, OSError, RuntimeError) as exc:
-            logging.getLogger("nexus_lab.ingress").error("frontend: model %s not registered: %s",
-                                                         cfg.get("name"), exc)
-
-
 def main() -> int:
     from .server import IngressServer
 
@@ -130,7 +106,6 @@ def main() -> int:
         from distributed.security import Security
 
         security = Security(**msg["security"])
-    _register_models(msg.get("models"))
     try:
         srv = IngressServer(security=security, **msg["config"])
     except Exception as exc:

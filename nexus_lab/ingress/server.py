@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..runtime.backend.model_plugin import MODELS_KEY, register_packed
 from ..runtime.frontend import Frontend
 from ..runtime.loadgen import FOLLOW_POLL_S
 from ..runtime.results import Dropped, RequestFailed
@@ -152,7 +153,7 @@ class IngressServer:
         self._server: Any = None
         self._serving: asyncio.Future | None = None
         self._follower: asyncio.Task | None = None
-        self.versions = {"routes": -1, "queries": -1}
+        self.versions = {"routes": -1, "queries": -1, "models": -1}
         try:
             self.port = self.fe.run_on_loop(self._start(host, port)).result(30)
         except BaseException:
@@ -185,9 +186,15 @@ class IngressServer:
         self.service.update(None, queries)
 
     async def _poll(self) -> None:
+        models = await self._sched.get_metadata(keys=[MODELS_KEY], default=None)
+        changed = False
+        if models and int(models.get("version", -1)) > self.versions["models"]:  # before the routes that use them
+            # off the loop: a torchvision source imports torchvision once (seconds)
+            await asyncio.get_running_loop().run_in_executor(None, register_packed, str(models["configs"]))
+            self.versions["models"] = int(models["version"])
+            changed = True
         meta = await self._sched.get_metadata(keys=[ROUTES_KEY], default=None)
         qmeta = await self._sched.get_metadata(keys=[QUERIES_KEY], default=None)
-        changed = False
         if meta and int(meta.get("version", -1)) > self.versions["routes"]:
             self.fe.set_routes(routes_from_config(meta), meta["sessions"])
             self.versions["routes"] = int(meta["version"])
