@@ -4,6 +4,8 @@ query's outputs per stage; and over plain HTTP from an ``IngressServer`` with ro
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import requests
 import torch
@@ -12,6 +14,17 @@ from nexus_lab.ingress import models as ingress_models
 from nexus_lab.ingress.models import OUTPUT, model_table, output_item
 from nexus_lab.ingress.server import IngressServer
 from nexus_lab.models import builtin, zoo
+
+
+@contextlib.contextmanager
+def registered(name, factory, shape):
+    """``name`` in the zoo for the block, then gone again with its cached output shape."""
+    zoo.register_model(name, factory, shape, replace=True)
+    try:
+        yield name
+    finally:
+        zoo.unregister_model(name)
+        ingress_models._OUTPUTS.pop(name, None)
 
 
 def test_zoo_classifiers_declare_their_class_count():
@@ -36,17 +49,13 @@ def test_a_registered_net_is_inferred_once_and_cached(monkeypatch):
         calls.append(1)
         return torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 7), torch.nn.Unflatten(1, (7, 1)))
 
-    zoo.register_model("s3c-linear", factory, (3, 4), replace=True)
-    try:
+    with registered("s3c-linear", factory, (3, 4)):
         table = model_table({"lin": {"model": "s3c-linear", "slo_ms": 20}})
         assert not calls  # building the table runs nothing: shapes are worked out when metadata asks
         assert table["lin"].outputs[0].shape == (-1, 7, 1) and table["lin"].outputs[0].name == OUTPUT
         again = model_table({"lin": {"model": "s3c-linear", "slo_ms": 20}, "lin2": {"model": "s3c-linear"}})
         assert again["lin2"].outputs[0].shape == (-1, 7, 1) and again["lin"].outputs == table["lin"].outputs
         assert len(calls) == 1  # once per model and process
-    finally:
-        zoo.unregister_model("s3c-linear")
-        ingress_models._OUTPUTS.pop("s3c-linear", None)
 
 
 def test_a_net_that_fails_on_meta_tensors_runs_once_on_zeros():
@@ -55,12 +64,8 @@ def test_a_net_that_fails_on_meta_tensors_runs_once_on_zeros():
             n = int(x.sum().item() >= 0) + 4  # data-dependent: impossible on the meta device
             return x.reshape(x.shape[0], -1)[:, :n]
 
-    zoo.register_model("s3c-data", NeedsData, (2, 5), replace=True)
-    try:
+    with registered("s3c-data", NeedsData, (2, 5)):
         assert output_item("s3c-data") == ((5,), "FP32")
-    finally:
-        zoo.unregister_model("s3c-data")
-        ingress_models._OUTPUTS.pop("s3c-data", None)
 
 
 def test_a_net_that_cannot_run_is_declared_variable():
@@ -68,13 +73,9 @@ def test_a_net_that_cannot_run_is_declared_variable():
         def forward(self, x):
             raise RuntimeError("no")
 
-    zoo.register_model("s3c-broken", Broken, (2,), replace=True)
-    try:
+    with registered("s3c-broken", Broken, (2,)):
         assert output_item("s3c-broken") is None
         assert model_table({"b": {"model": "s3c-broken"}})["b"].outputs[0].shape == (-1, -1)
-    finally:
-        zoo.unregister_model("s3c-broken")
-        ingress_models._OUTPUTS.pop("s3c-broken", None)
 
 
 def test_query_outputs_are_per_stage():

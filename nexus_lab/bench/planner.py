@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ..planner import demands, plan_workload, policies, validate
-from ..planner.bounds import per_request_ms
+from ..planner.bounds import lower_bound
 from ..workload import Workload, load_workload
 
 TITAN_X = ("vgg16", "vgg_face", "vgg_s", "yolo9000")
@@ -40,12 +40,6 @@ def random_workload(seed: int, sessions: int, inline_models: int = 3) -> Workloa
              "slo_ms": float(rng.uniform(50.0, 500.0)), "rate": float(10 ** rng.uniform(0.0, 3.5))}
             for i in range(sessions)]
     return load_workload({"models": models, "sessions": sess})
-
-
-def _rate_blind_bound(wl: Workload) -> float:
-    """``sum_i R_i * l_i(B_i)/B_i``: the bound without the rate term (a valid but looser bound)."""
-    return sum(d.session.rate * float(per_request_ms(d.profile, np.array([d.budget_ms]), wl.device.memory_mb)[0])
-               for d in demands(wl) if d.session.rate > 0) / 1000.0
 
 
 def _best_time(fn, repeats: int) -> tuple[float, float]:
@@ -84,7 +78,8 @@ def run(quick: bool = False) -> dict[str, Any]:
             invalid += 1
         lb = max(math.ceil(final.lower_bound_gpus - 1e-9), 1)
         ratios.append(final.num_gpus / lb)
-        blind_ratios.append(final.num_gpus / max(math.ceil(_rate_blind_bound(wl) - 1e-9), 1))
+        blind = lower_bound(demands(wl), wl.device.memory_mb, rate_aware=False)
+        blind_ratios.append(final.num_gpus / max(math.ceil(blind - 1e-9), 1))
         greedy_ratios.append(greedy.num_gpus / lb)
         worse_greedy += final.num_gpus > greedy.num_gpus
         if oblivious:

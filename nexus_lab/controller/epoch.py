@@ -166,7 +166,7 @@ class EpochLoop:
             # A rise past the threshold re-plans at once; with incremental re-plans a fall does too (the band
             # keeps a session's GPUs until it left it, so the plan does not flap).
             # A measured query's stages count too: a fan-out that moved loads its stages as a rate does.
-            changed = moved(dep.planned_measured, {**self.measured_rates(), **self._stage_rates()},
+            changed = moved(dep.planned_measured, self._measured_with_stages(),
                             self.settings.rate_threshold, up_only=not self.settings.incremental)
             if changed:
                 reason = "rate moved: " + ", ".join(changed)
@@ -185,8 +185,7 @@ class EpochLoop:
             dep.apply(strict=False)  # measured overload is scaled down to the cluster, never refused
         with dep.lock:
             # What the move threshold compares against: the measured rates, without the headroom.
-            dep.planned_measured.update({n: max(r, INITIAL_RATE) for n, r in {
-                **self.measured_rates(), **self._stage_rates()}.items()})
+            dep.planned_measured.update({n: max(r, INITIAL_RATE) for n, r in self._measured_with_stages().items()})
         self._event("replan", reason=reason, mode=decision["mode"] if applied else "scratch", decision=decision)
         return reason
 
@@ -301,6 +300,11 @@ class EpochLoop:
             rates = {st.name: r for st in stages if (r := self.monitor.rate(stage_session(qname, st.name))) is not None}
             for stage, gamma in fanouts(stages, rates, floor=INITIAL_RATE).items():
                 editor.set_measured_gamma(qname, stage, gamma)
+
+    def _measured_with_stages(self) -> dict[str, float]:
+        """Measured rates of the measured sessions and queries and of every measured query's stages: what the move
+        threshold compares against the plan."""
+        return {**self.measured_rates(), **self._stage_rates()}
 
     def _stage_rates(self) -> dict[str, float]:
         """Measured arrival rate (req/s) of every stage of every measured query (``query/stage``)."""

@@ -112,7 +112,7 @@ class Ingress:
         self._serve_opts = {"host": host, "token": token, "max_body_bytes": max_body_bytes or DEFAULT_MAX_BODY,
                             "dedicated": bool(dedicated)}
         try:
-            names = {a: str(w.get("name", a)) for a, w in self.client.scheduler_info(n_workers=-1)["workers"].items()}
+            names = self.io.worker_names()
         except Exception:
             names = {}
         self._frontend_homes = {e.name: names.get(e.worker, e.worker) for e in eps}
@@ -210,7 +210,7 @@ class Ingress:
                     retry: dict[str, tuple[float, float, str]], check_processes: bool) -> None:
         from ..ingress.launcher import restart_frontend, running_frontends
 
-        workers = {a: str(w.get("name", a)) for a, w in self.client.scheduler_info(n_workers=-1)["workers"].items()}
+        workers = self.io.worker_names()
         eps = list(getattr(self, "_endpoints", ()))
         dead = {e.name for e in eps if e.worker not in workers}
         if check_processes:

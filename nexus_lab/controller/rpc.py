@@ -128,6 +128,11 @@ class ClusterIO:
             raise ClusterLost("the Dask scheduler did not answer with its workers")
         return sorted(info["workers"])
 
+    def worker_names(self) -> dict[str, str]:
+        """Every worker's address -> its name (its address where it has none): a nanny restarts a worker under its
+        name at a new address."""
+        return {a: str(w.get("name", a)) for a, w in self.client.scheduler_info(n_workers=-1)["workers"].items()}
+
     def usable(self) -> list[str]:
         """The workers to plan on: every worker but the unresponsive and the draining ones."""
         out = set(self.unresponsive) | self.draining

@@ -248,29 +248,19 @@ class InferenceApp:
 
     async def _body(self, receive: Receive) -> bytes:
         """The whole request body, refused (413) as soon as it passes the limit, chunked or not."""
-        msg = await receive()
-        if msg["type"] != "http.request":
-            raise _Disconnected
-        body = msg.get("body", b"")
-        if not msg.get("more_body", False):
-            if len(body) > self.max_body_bytes:
-                raise self._too_large()
-            return body
-        chunks, size = [body], len(body)
+        chunks: list[bytes] = []
+        size = 0
         while True:
-            if size > self.max_body_bytes:
-                raise self._too_large()
             msg = await receive()
             if msg["type"] != "http.request":
                 raise _Disconnected
             chunk = msg.get("body", b"")
-            chunks.append(chunk)
             size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
             if not msg.get("more_body", False):
-                break
-        if size > self.max_body_bytes:
-            raise self._too_large()
-        return b"".join(chunks)
+                return chunk if len(chunks) == 1 else b"".join(chunks)
 
     def _too_large(self) -> ProtocolError:
         return ProtocolError(f"body: larger than the limit of {self.max_body_bytes} bytes", 413)

@@ -346,19 +346,13 @@ def encode_infer_response(model: str, req: InferRequest, outputs: Mapping[str, n
         arr = np.asarray(outputs[name])
         dt = datatype_of(arr.dtype)
         item: dict[str, Any] = {"name": name, "datatype": dt, "shape": list(arr.shape)}
-        if dt == "BYTES":
-            if req.binary(name):
-                data = bytes_tensors.encode_binary(arr)
-                item["parameters"] = {"binary_data_size": len(data)}
-                raw.append(data)
-            else:
-                item["data"] = bytes_tensors.to_json(arr)
-        elif req.binary(name):
-            data = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes()
+        if req.binary(name):
+            data = (bytes_tensors.encode_binary(arr) if dt == "BYTES" else
+                    np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")).tobytes())
             item["parameters"] = {"binary_data_size": len(data)}
             raw.append(data)
         else:
-            item["data"] = arr.reshape(-1).tolist()
+            item["data"] = bytes_tensors.to_json(arr) if dt == "BYTES" else arr.reshape(-1).tolist()
         items.append(item)
     doc: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": items}
     if req.id is not None:

@@ -64,19 +64,21 @@ def per_request_ms(profile: ModelProfile, budgets_ms: np.ndarray, memory_mb: flo
     return np.where((big >= 1) & np.isfinite(cost), cost, 0.0)
 
 
-def lower_bound(demands: Sequence[Demand], memory_mb: float = math.inf) -> float:
+def lower_bound(demands: Sequence[Demand], memory_mb: float = math.inf, *, rate_aware: bool = True) -> float:
     """``sum_i R_i * c_i``, ``c_i`` the least time per request any valid plan may spend (``per_request_ms`` with
     the session's rate: its most efficient feasible batch, or less than that batch when ``R_i`` cannot fill it).
 
     Every batch in a valid duty-cycle plan obeys ``l(b) <= d`` and ``d + l(b) <= L``, so ``2*l(b) <= L``, and
     collects the ``r*d <= b`` requests of one cycle. Unservable sessions add nothing. Vectorised per profile,
-    summed in demand order.
+    summed in demand order. ``rate_aware=False``: every request at its most efficient feasible batch however slow
+    its session (``sum_i R_i * l_i(B_i)/B_i``, looser; the yardstick the planner benchmark reported before).
     """
     rates = np.array([dm.session.rate for dm in demands], dtype=np.float64)
     budgets = np.array([dm.budget_ms for dm in demands], dtype=np.float64)
     terms = np.zeros(len(demands))
     for prof, idx in by_profile(demands):
-        terms[idx] = rates[idx] * per_request_ms(prof, budgets[idx], memory_mb, rates[idx]) / 1000.0
+        terms[idx] = rates[idx] * per_request_ms(prof, budgets[idx], memory_mb,
+                                                 rates[idx] if rate_aware else None) / 1000.0
     terms[~(rates > 0)] = 0.0
     return float(sum(terms.tolist(), 0.0))
 

@@ -65,7 +65,8 @@ def backend_crops(parent_model: str | None, child_model: str | None, frame: Any,
     if not pixels:  # fractions of the parent's input
         h, w = parent.crop if parent is not None else size
         rows = rows * np.array([w, h, w, h], dtype=np.float64)
-    return [{"image": to_wire(frame),
+    image = to_wire(frame)  # the same frame under every box
+    return [{"image": image,
              "box": parent.box_to_source(box, size) if parent is not None else [float(v) for v in box]}
             for box in rows]
 
