@@ -102,3 +102,30 @@ def test_metadata_over_http_gives_the_output_shape(server):
     assert meta["inputs"][0]["shape"] == [-1, *zoo.input_spec("convnet").shape]
     det = requests.get(server.url + "/v2/models/det", timeout=30).json()
     assert det["outputs"][0]["shape"] == [-1, -1]
+
+
+def test_published_outputs_are_adopted_as_they_were_worked_out():
+    with registered("pub_net", lambda: torch.nn.Linear(4, 3), (4,)):
+        pub = ingress_models.published_outputs(["pub_net", "pub_net", "noop", ""])
+        assert pub == {"pub_net": [[3], "FP32"], "noop": None}
+        ingress_models._OUTPUTS.pop("pub_net")
+        ingress_models.adopt_outputs({"pub_net": [[7], "FP16"]})  # what a controller said wins over working out
+        assert output_item("pub_net") == ((7,), "FP16")
+    ingress_models.adopt_outputs(None)  # routes from a controller that published none: nothing changes
+
+
+def test_a_frontend_process_answers_metadata_without_importing_torch():
+    """The controller publishes each routed model's output with the routes: a dedicated frontend process answers
+    ``[-1, classes]`` without loading torch (seconds, with its loop starved while it loads)."""
+    import nexus_lab
+
+    with nexus_lab.start(gpus=1, device="cpu", auto=False) as ctl:
+        ctl.editor.add_model("convnet", {"latency_ms": {1: 2.0, 8: 8.0}, "memory_mb": {1: 50.0, 8: 60.0}})
+        ctl.add_session("convnet", slo_ms=2000, rate=5, name="cls")
+        ctl.apply()
+        url = ctl.serve()[0]
+        meta = requests.get(f"{url}/v2/models/cls", timeout=30).json()
+        assert meta["outputs"] == [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, builtin.CONVNET_CLASSES]}]
+        pid = ctl.frontends_state()[0]["pid"]
+        with open(f"/proc/{pid}/maps") as f:
+            assert "libtorch" not in f.read()

@@ -17,6 +17,7 @@ Every error body is ``{"error": "..."}``.
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -187,7 +188,9 @@ class InferenceApp:
             if not rest:
                 _allow(method, path, _GET)
                 e = self._entry(name, version)
-                return 200, _dumps(model_metadata(e.name, e.inputs, e.outputs, platform=f"nexus_lab_{e.kind}")), \
+                # off the loop: a model whose output shape no controller published is worked out here once (torch)
+                outputs = await asyncio.get_running_loop().run_in_executor(None, lambda: e.outputs)
+                return 200, _dumps(model_metadata(e.name, e.inputs, outputs, platform=f"nexus_lab_{e.kind}")), \
                     (_JSON,)
             if rest == ["infer"]:
                 _allow(method, path, _POST)

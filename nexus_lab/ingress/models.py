@@ -19,7 +19,7 @@ from .protocol import TensorSpec, datatype_of
 
 logger = logging.getLogger("nexus_lab.ingress")
 
-__all__ = ["INPUT", "OUTPUT", "ModelEntry", "model_table", "output_item"]
+__all__ = ["INPUT", "OUTPUT", "ModelEntry", "adopt_outputs", "model_table", "output_item", "published_outputs"]
 
 #: The name of a session's one input and one output tensor.
 INPUT = "input"
@@ -81,6 +81,24 @@ def output_item(model: str) -> tuple[tuple[int, ...], str] | None:
             found = None
         _OUTPUTS[model] = found
         return found
+
+
+def published_outputs(models: Any) -> dict[str, list[Any] | None]:
+    """``output_item`` of each model in a JSON-able form (``{model: [shape, datatype] or None}``), for the
+    controller to publish with its routes: it has torch loaded already, and a frontend process that adopts them
+    (``adopt_outputs``) answers metadata without importing torch (~2 s, with its loop starved of the GIL)."""
+    out: dict[str, list[Any] | None] = {}
+    for model in sorted({str(m) for m in models if m}):
+        found = output_item(model)
+        out[model] = None if found is None else [list(found[0]), found[1]]
+    return out
+
+
+def adopt_outputs(published: Mapping[str, Any] | None) -> None:
+    """Take a controller's ``published_outputs`` as this process's ``output_item`` answers."""
+    with _OUTPUTS_LOCK:
+        for model, found in (published or {}).items():
+            _OUTPUTS[str(model)] = None if found is None else (tuple(int(d) for d in found[0]), str(found[1]))
 
 
 def _zoo_spec(model: str) -> Any:

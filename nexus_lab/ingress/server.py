@@ -26,7 +26,7 @@ from ..runtime.results import Dropped, RequestFailed
 from ..runtime.routes import ROUTES_KEY, routes_from_config
 from .app import DEFAULT_MAX_BODY, DEFAULT_MAX_INFLIGHT, Stats, make_app
 from .httpserver import GRACE_S, listen, make_server
-from .models import INPUT, OUTPUT, ModelEntry, model_table
+from .models import INPUT, OUTPUT, ModelEntry, adopt_outputs, model_table
 from .protocol import InferRequest, ProtocolError, stack_outputs
 
 logger = logging.getLogger("nexus_lab.ingress")
@@ -196,6 +196,7 @@ class IngressServer:
         meta = await self._sched.get_metadata(keys=[ROUTES_KEY], default=None)
         qmeta = await self._sched.get_metadata(keys=[QUERIES_KEY], default=None)
         if meta and int(meta.get("version", -1)) > self.versions["routes"]:
+            adopt_outputs(meta.get("outputs"))  # the metadata's output shapes, worked out by the controller
             self.fe.set_routes(routes_from_config(meta), meta["sessions"])
             self.versions["routes"] = int(meta["version"])
             changed = True
