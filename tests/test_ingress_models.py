@@ -115,7 +115,7 @@ def test_published_outputs_are_adopted_as_they_were_worked_out():
 
 
 def test_a_frontend_process_answers_metadata_without_importing_torch():
-    """The controller publishes each routed model's output with the routes: a dedicated frontend process answers
+    """A serving controller publishes each routed model's output shape: a dedicated frontend process answers
     ``[-1, classes]`` without loading torch (seconds, with its loop starved while it loads)."""
     import nexus_lab
 

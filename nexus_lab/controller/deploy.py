@@ -307,15 +307,12 @@ class Deployment:
             self._apply_lock.release()
 
     def _publish(self, wl: Workload, plan: Plan, version: int) -> None:
-        from ..ingress.models import published_outputs
         from ..runtime.frontend import ROUTES_KEY
 
         with self.lock:
             meta = {"workload": wl.to_dict(), "plan": plan.to_dict(), "version": version,
                     "measured": sorted(self.editor.measured), "pins": dict(self.pins)}
-        config = self.frontend.routes_config()
-        outputs = published_outputs(s.get("model") for s in config["sessions"].values())
-        self.io.publish(ROUTES_KEY, {"version": version, **config, "outputs": outputs}, meta)
+        self.io.publish(ROUTES_KEY, {"version": version, **self.frontend.routes_config()}, meta)
 
     def set_batch_floor(self, on: bool | None) -> dict[str, dict[str, int]]:
         """Switch every backend's batch floor live; each backend tells its frontends its new holds on its stream.

@@ -100,8 +100,8 @@ class Ingress:
         self.stop_serving()
         if getattr(self, "_ingress_unsub", None) is None:
             self._ingress_unsub = self.on_plan(  # type: ignore[attr-defined]
-                lambda plan, version: self._publish_queries(plan, version))
-        self._publish_queries(self._deploy.plan, self._deploy.version)
+                lambda plan, version: self._publish_ingress(plan, version))
+        self._publish_ingress(self._deploy.plan, self._deploy.version)
         try:
             eps = start_frontends(self.client, chosen, host=host, port=port, token=token,
                                   max_body_bytes=max_body_bytes or DEFAULT_MAX_BODY, dedicated=bool(dedicated))
@@ -284,8 +284,12 @@ class Ingress:
         except Exception as exc:
             logger.debug("cannot clear frontend stats: %s", exc)
 
-    def _publish_queries(self, plan: Any, version: int) -> None:
-        """After each apply: the query routes the frontends run queries with."""
+    def _publish_ingress(self, plan: Any, version: int) -> None:
+        """At ``serve`` and after each apply while serving: the query routes the frontends run queries with, and
+        each routed model's output shape for their metadata, worked out here (``published_outputs``, torch on the
+        first zoo net) so that no frontend process imports torch on its loop; a controller that never serves never
+        works them out."""
+        from ..ingress.models import published_outputs
         from ..ingress.server import QUERIES_KEY
 
         if plan is None:
@@ -293,6 +297,8 @@ class Ingress:
         try:
             with self._deploy.lock:
                 wl = self.editor.workload()
-            self.client.set_metadata(QUERIES_KEY, {"version": int(version), "queries": _query_routes(plan, wl)})
+            outputs = published_outputs(s.get("model") for s in self.frontend.sessions.values())
+            self.client.set_metadata(QUERIES_KEY, {"version": int(version), "queries": _query_routes(plan, wl),
+                                                   "outputs": outputs})
         except Exception as exc:  # best effort: a frontend keeps the query routes it has
             logger.warning("cannot publish query routes: %s", exc)

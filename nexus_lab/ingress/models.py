@@ -84,9 +84,9 @@ def output_item(model: str) -> tuple[tuple[int, ...], str] | None:
 
 
 def published_outputs(models: Any) -> dict[str, list[Any] | None]:
-    """``output_item`` of each model in a JSON-able form (``{model: [shape, datatype] or None}``), for the
-    controller to publish with its routes: it has torch loaded already, and a frontend process that adopts them
-    (``adopt_outputs``) answers metadata without importing torch (~2 s, with its loop starved of the GIL)."""
+    """``output_item`` of each model in a JSON-able form (``{model: [shape, datatype] or None}``), for a serving
+    controller to publish: a frontend process that adopts them (``adopt_outputs``) answers metadata without
+    importing torch (~2 s, its loop stopped or starved of the GIL while it loads)."""
     out: dict[str, list[Any] | None] = {}
     for model in sorted({str(m) for m in models if m}):
         found = output_item(model)

@@ -33,7 +33,8 @@ logger = logging.getLogger("nexus_lab.ingress")
 
 __all__ = ["QUERIES_KEY", "STATS_KEY", "FrontendService", "IngressServer"]
 
-#: Scheduler metadata: ``{"version", "queries": {name: plain route data}}`` a controller publishes after each apply.
+#: Scheduler metadata: ``{"version", "queries": {name: plain route data}, "outputs": models.published_outputs}`` a
+#: serving controller publishes after each apply.
 QUERIES_KEY = "nexus_lab-ingress-queries"
 #: Scheduler metadata: ``{frontend name: Stats.snapshot() + {"url", "worker"}}``, each frontend's own entry.
 STATS_KEY = "nexus_lab-ingress-stats"
@@ -196,12 +197,12 @@ class IngressServer:
         meta = await self._sched.get_metadata(keys=[ROUTES_KEY], default=None)
         qmeta = await self._sched.get_metadata(keys=[QUERIES_KEY], default=None)
         if meta and int(meta.get("version", -1)) > self.versions["routes"]:
-            adopt_outputs(meta.get("outputs"))  # the metadata's output shapes, worked out by the controller
             self.fe.set_routes(routes_from_config(meta), meta["sessions"])
             self.versions["routes"] = int(meta["version"])
             changed = True
         queries = None
         if qmeta and int(qmeta.get("version", -1)) > self.versions["queries"]:
+            adopt_outputs(qmeta.get("outputs"))  # the metadata's output shapes, worked out by the controller
             queries = qmeta.get("queries") or {}
             self.versions["queries"] = int(qmeta["version"])
             changed = True
