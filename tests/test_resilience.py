@@ -197,7 +197,7 @@ def ctl():
 
 
 def test_a_rate_beyond_the_cluster_is_refused_fast_and_planning_holds_no_lock(ctl, monkeypatch):
-    name = ctl.add_session("vgg_s", 50, rate=20, name="small")
+    name = ctl.add_session("vgg_s", 400, rate=20, name="small")  # roomy: the repair test needs its requests served
     ctl.apply()
     before = [(s.name, s.rate) for s in ctl.workload.sessions]
     t0 = time.time()
@@ -236,7 +236,7 @@ def test_a_backend_that_drifted_from_its_plan_is_repaired(ctl):
     from backend_calls import call_sync
 
     if "small" not in ctl.editor.names():
-        ctl.add_session("vgg_s", 50, rate=20, name="small")
+        ctl.add_session("vgg_s", 400, rate=20, name="small")
     ctl.apply()
     victim = next(w for w, g in sorted(ctl.assignment.items()) if g)
     t0 = time.time()
