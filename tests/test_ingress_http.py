@@ -229,3 +229,28 @@ def test_a_frontend_process_runs_in_a_session_of_its_own():
     finally:
         stop(proc)
     assert proc.poll() is not None
+
+
+def test_coalescing_needs_the_uvicorn_internals_it_relies_on():
+    """A uvicorn whose protocol no longer keeps ``transport`` and ``loop`` is served as uvicorn made it."""
+    import asyncio
+
+    from nexus_lab.ingress.httpserver import CoalescingTransport, _protocol_class, coalesce
+
+    class Protocol:
+        pass
+
+    async def main():
+        raw = object()
+        same = Protocol()
+        same.transport, same.loop = raw, asyncio.get_running_loop()
+        assert coalesce(same, raw) and isinstance(same.transport, CoalescingTransport)
+        renamed = Protocol()
+        renamed._transport, renamed.loop = raw, asyncio.get_running_loop()
+        assert not coalesce(renamed, raw) and not hasattr(renamed, "transport")
+        no_loop = Protocol()
+        no_loop.transport = raw
+        assert not coalesce(no_loop, raw) and no_loop.transport is raw
+
+    asyncio.run(main())
+    assert _protocol_class().__name__ == "CoalescingHttpToolsProtocol"  # the installed uvicorn is the one it knows

@@ -14,7 +14,7 @@ import asyncio
 import socket
 from typing import Any
 
-__all__ = ["GRACE_S", "KEEP_ALIVE_S", "CoalescingTransport", "listen", "make_server"]
+__all__ = ["GRACE_S", "KEEP_ALIVE_S", "CoalescingTransport", "coalesce", "listen", "make_server"]
 
 #: How long an idle keep-alive connection stays open (s), as aiohttp's default: a load generator that pauses
 #: between its points keeps its connections.
@@ -73,8 +73,23 @@ class CoalescingTransport:
         return getattr(self._transport, name)
 
 
-def _protocol_class() -> type:
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+def coalesce(protocol: Any, transport: asyncio.Transport) -> bool:
+    """Have ``protocol`` (uvicorn's, after its ``connection_made``) write through a ``CoalescingTransport``.
+    uvicorn's protocol internals are not its public API: where they are not the ``transport`` and ``loop``
+    attributes this relies on, the protocol is left as uvicorn made it (each write its own send, as before this
+    change) rather than broken. Whether it coalesces."""
+    loop = getattr(protocol, "loop", None)
+    if getattr(protocol, "transport", None) is not transport or not isinstance(loop, asyncio.AbstractEventLoop):
+        return False
+    protocol.transport = CoalescingTransport(transport, loop)
+    return True
+
+
+def _protocol_class() -> type | str:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    except ImportError:  # a uvicorn that moved it: its own httptools protocol, without coalescing
+        return "httptools"
 
     class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
         """uvicorn's httptools protocol writing through a ``CoalescingTransport`` (flow control keeps the real
@@ -82,7 +97,7 @@ def _protocol_class() -> type:
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            self.transport = CoalescingTransport(transport, self.loop)  # type: ignore[assignment]
+            coalesce(self, transport)
 
     return CoalescingHttpToolsProtocol
 
