@@ -301,4 +301,4 @@ class Ingress:
             self.client.set_metadata(QUERIES_KEY, {"version": int(version), "queries": _query_routes(plan, wl),
                                                    "outputs": outputs})
         except Exception as exc:  # best effort: a frontend keeps the query routes it has
-            logger.warning("cannot publish query routes: %s", exc)
+            logger.warning("cannot publish query routes and output shapes: %s", exc)

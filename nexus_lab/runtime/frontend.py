@@ -439,7 +439,8 @@ class Frontend:
         with self._lock:
             return dict(self._health.suspects)
 
-    @property
-    def suspect_s(self) -> float:
-        """How long a stream may be silent with requests in flight before its backend is suspect (s)."""
-        return self._health.suspect_s
+    def silence_bound_s(self, addr: str = "") -> float:
+        """How long ``addr``'s stream may be silent with requests in flight before its backend is suspect (s):
+        the frontend's bound, or two of its planned duty cycles when longer; the bound alone for no address."""
+        with self._lock:
+            return self._health.bound(addr)
